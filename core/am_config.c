@@ -75,8 +75,8 @@ static char *oom_list[1] = {oom_msg};
 static bool errors_reserve(am_errors_t *errs)
 {
     size_t count = errs->count;
-    bool full = errs->msgs == NULL || errs->msgs == oom_list ||
-                (count >= 8 && (count & (count - 1)) == 0);
+    bool full =
+        errs->msgs == NULL || errs->msgs == oom_list || (count >= 8 && (count & (count - 1)) == 0);
     if (!full) {
         return true;
     }
@@ -114,8 +114,7 @@ static void errors_push(am_errors_t *errs, char *msg)
     errs->msgs[errs->count++] = msg != NULL ? msg : oom_msg;
 }
 
-static void errors_vadd(am_errors_t *errs, const char *file, int line, const char *fmt,
-                        va_list ap)
+static void errors_vadd(am_errors_t *errs, const char *file, int line, const char *fmt, va_list ap)
 {
     char prefix[512];
     if (file == NULL) {
@@ -210,10 +209,14 @@ const am_node_t *am_node_get(const am_node_t *map, const char *key)
 const char *am_node_kind_name(am_node_kind_t kind)
 {
     switch (kind) {
-    case AM_NODE_NULL: return "null";
-    case AM_NODE_SCALAR: return "scalar";
-    case AM_NODE_MAP: return "map";
-    case AM_NODE_SEQ: return "sequence";
+    case AM_NODE_NULL:
+        return "null";
+    case AM_NODE_SCALAR:
+        return "scalar";
+    case AM_NODE_MAP:
+        return "map";
+    case AM_NODE_SEQ:
+        return "sequence";
     }
     return "unknown";
 }
@@ -468,6 +471,24 @@ static const char *path_format(const parser_t *ps, const char *leaf, char *buf, 
     return buf;
 }
 
+/* Whether the line holding byte `offset` of the input contains "${". */
+static bool line_has_env_ref(const parser_t *ps, size_t offset)
+{
+    if (offset >= ps->text_len) {
+        return false;
+    }
+    size_t start = offset;
+    while (start > 0 && ps->text[start - 1] != '\n') {
+        start--;
+    }
+    for (size_t i = start; i + 1 < ps->text_len && ps->text[i] != '\n'; i++) {
+        if (ps->text[i] == '$' && ps->text[i + 1] == '{') {
+            return true;
+        }
+    }
+    return false;
+}
+
 static int report_yaml_error(parser_t *ps)
 {
     const yaml_parser_t *y = &ps->yaml;
@@ -486,14 +507,21 @@ static int report_yaml_error(parser_t *ps)
         parse_error(ps, line, "invalid YAML input: %s", problem);
         return AM_EINVAL;
     }
+    /* `{ endpoint: ${env:X} }` is the trap: in a flow collection a plain
+     * scalar cannot hold braces, so the value must be quoted. */
+    const char *hint = "";
+    if (y->context != NULL && strstr(y->context, "flow") != NULL &&
+        (line_has_env_ref(ps, y->problem_mark.index) ||
+         line_has_env_ref(ps, y->context_mark.index))) {
+        hint = "; inside {...} or [...], quote values that contain ${...}";
+    }
     if (y->context != NULL) {
-        parse_error(ps, mark_line(&y->problem_mark),
-                    "YAML syntax error at column %d: %s (%s at line %d)",
-                    mark_column(&y->problem_mark), problem, y->context,
-                    mark_line(&y->context_mark));
+        parse_error(
+            ps, mark_line(&y->problem_mark), "YAML syntax error at column %d: %s (%s at line %d)%s",
+            mark_column(&y->problem_mark), problem, y->context, mark_line(&y->context_mark), hint);
     } else {
-        parse_error(ps, mark_line(&y->problem_mark), "YAML syntax error at column %d: %s",
-                    mark_column(&y->problem_mark), problem);
+        parse_error(ps, mark_line(&y->problem_mark), "YAML syntax error at column %d: %s%s",
+                    mark_column(&y->problem_mark), problem, hint);
     }
     return AM_EINVAL;
 }
@@ -710,9 +738,12 @@ static int parse_map_key(parser_t *ps, yaml_event_t *ev, size_t depth, char **ke
         return rc;
     }
     int line = mark_line(&ev->start_mark);
+    bool alias = ev->type == YAML_ALIAS_EVENT; /* reported by parse_node */
     am_node_t *ignored;
     rc = parse_node(ps, ev, depth, &ignored);
-    if (rc == 0) {
+    if (rc == 0 && alias) {
+        node_free(ignored);
+    } else if (rc == 0) {
         parse_error(ps, line, "map keys must be plain strings, not a %s",
                     am_node_kind_name(ignored->kind));
         ps->failed = true;
@@ -872,8 +903,9 @@ static am_node_t *parse_stream(parser_t *ps)
     if (root->kind == AM_NODE_NULL) {
         root->kind = AM_NODE_MAP; /* a file of comments only */
     } else if (root->kind != AM_NODE_MAP) {
-        parse_error(ps, root->line, "the top level must be a map (receivers:, processors:, ...), "
-                                    "not a %s",
+        parse_error(ps, root->line,
+                    "the top level must be a map (receivers:, processors:, ...), "
+                    "not a %s",
                     am_node_kind_name(root->kind));
         goto fail;
     }
@@ -914,6 +946,7 @@ const am_node_t *am_config_root(const am_config_t *config)
 am_config_t *am_config_load_buffer(const char *name, const char *text, size_t len,
                                    am_errors_t *errs)
 {
+    int rc = 0;
     parser_t *ps = NULL;
     am_config_t *config = NULL;
     bool yaml_ready = false;
@@ -929,19 +962,23 @@ am_config_t *am_config_load_buffer(const char *name, const char *text, size_t le
     config = am_calloc(1, sizeof(*config));
     ps = am_calloc(1, sizeof(*ps));
     if (config == NULL || ps == NULL) {
-        goto oom;
+        rc = AM_ENOMEM;
+        goto out;
     }
     config->files = am_malloc(sizeof(*config->files));
     if (config->files == NULL) {
-        goto oom;
+        rc = AM_ENOMEM;
+        goto out;
     }
     config->files[0] = am_strdup(name);
     if (config->files[0] == NULL) {
-        goto oom;
+        rc = AM_ENOMEM;
+        goto out;
     }
     config->n_files = 1;
     if (!yaml_parser_initialize(&ps->yaml)) {
-        goto oom;
+        rc = AM_ENOMEM;
+        goto out;
     }
     yaml_ready = true;
     yaml_parser_set_input_string(&ps->yaml, (const unsigned char *)text, len);
@@ -951,21 +988,22 @@ am_config_t *am_config_load_buffer(const char *name, const char *text, size_t le
     ps->errs = errs;
     config->root = parse_stream(ps);
     if (config->root == NULL || ps->failed) {
-        goto fail;
+        rc = AM_EINVAL; /* already reported */
     }
-    yaml_parser_delete(&ps->yaml);
-    am_free(ps);
-    return config;
 
-oom:
-    am_errors_add_at(errs, name, 0, "out of memory");
-fail:
+out:
+    if (rc == AM_ENOMEM) {
+        am_errors_add_at(errs, name, 0, "out of memory");
+    }
     if (yaml_ready) {
         yaml_parser_delete(&ps->yaml);
     }
     am_free(ps);
-    am_config_free(config);
-    return NULL;
+    if (rc != 0) {
+        am_config_free(config);
+        return NULL;
+    }
+    return config;
 }
 
 /* Reads a whole file, refusing more than MAX_FILE_BYTES. */
@@ -990,24 +1028,29 @@ static int read_file(const char *path, char **out, size_t *out_len, am_errors_t 
         }
         if (S_ISREG(st.st_mode)) {
             if ((uint64_t)st.st_size > MAX_FILE_BYTES) {
-                goto too_large;
+                rc = AM_ERANGE;
+                goto out;
             }
             cap = (size_t)st.st_size + 1;
         }
     }
     buf = am_malloc(cap);
     if (buf == NULL) {
-        goto oom;
+        rc = AM_ENOMEM;
+        goto out;
     }
+    /* The size from fstat is only a hint: the file may grow, or be a pipe. */
     for (;;) {
         if (len == cap) {
             if (cap > MAX_FILE_BYTES) {
-                goto too_large;
+                rc = AM_ERANGE;
+                goto out;
             }
             size_t grown_cap = AM_MIN(cap * 2, MAX_FILE_BYTES + 1);
             char *grown = am_realloc(buf, grown_cap);
             if (grown == NULL) {
-                goto oom;
+                rc = AM_ENOMEM;
+                goto out;
             }
             buf = grown;
             cap = grown_cap;
@@ -1015,31 +1058,28 @@ static int read_file(const char *path, char **out, size_t *out_len, am_errors_t 
         size_t n = fread(buf + len, 1, cap - len, fp);
         len += n;
         if (n == 0) {
-            if (ferror(fp)) {
-                am_errors_add_at(errs, path, 0, "cannot read: %s", strerror(errno));
-                rc = AM_EIO;
-                goto out;
-            }
             break;
         }
     }
-    if (len > MAX_FILE_BYTES) {
-        goto too_large;
+    if (ferror(fp)) {
+        am_errors_add_at(errs, path, 0, "cannot read: %s", strerror(errno));
+        rc = AM_EIO;
+    } else if (len > MAX_FILE_BYTES) {
+        rc = AM_ERANGE;
     }
-    *out = buf;
-    *out_len = len;
-    buf = NULL;
-    goto out;
 
-too_large:
-    am_errors_add_at(errs, path, 0, "file is too large (the limit is %zu MiB)",
-                     MAX_FILE_BYTES >> 20);
-    rc = AM_ERANGE;
-    goto out;
-oom:
-    am_errors_add_at(errs, path, 0, "out of memory");
-    rc = AM_ENOMEM;
 out:
+    if (rc == AM_ERANGE) {
+        am_errors_add_at(errs, path, 0, "file is too large (the limit is %zu MiB)",
+                         MAX_FILE_BYTES >> 20);
+    } else if (rc == AM_ENOMEM) {
+        am_errors_add_at(errs, path, 0, "out of memory");
+    }
+    if (rc == 0) {
+        *out = buf;
+        *out_len = len;
+        buf = NULL;
+    }
     am_free(buf);
     fclose(fp);
     return rc;
@@ -1171,8 +1211,7 @@ static int plan_maps(merge_plan_t *plan, am_node_t *base, am_node_t *over)
         return AM_ENOMEM;
     }
     if (n_new > 0) {
-        am_node_t **grown =
-            am_realloc(base->children, (base->n_children + n_new) * sizeof(*grown));
+        am_node_t **grown = am_realloc(base->children, (base->n_children + n_new) * sizeof(*grown));
         if (grown == NULL) {
             am_free(match);
             return AM_ENOMEM;

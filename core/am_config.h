@@ -33,7 +33,8 @@ struct am_node {
     int line;         /* 1-based */
     int column;       /* 1-based */
     char *key;        /* when this node is a map value: its key, else NULL */
-    int key_line;     /* line of the key (same as line for block maps) */
+    int key_line;     /* line of the key; differs from line when a block value
+                         starts on the next line (`tracetree:\n  wait: 2s`) */
     char *str;        /* SCALAR: the value after env expansion */
     bool quoted;      /* SCALAR: was quoted ('' or "") in the file */
     am_node_t **children; /* MAP: values (each with ->key) in file order; SEQ: items */
@@ -42,7 +43,10 @@ struct am_node {
 
 typedef struct am_config am_config_t;
 
-/* Collected errors: each message already begins with "file:line: ". */
+/* Collected errors: each message already begins with "file:line: " ("file: "
+ * when the line is 0, nothing when there is no node).  When even an error
+ * message cannot be allocated, a static "out of memory" stands in for it, so
+ * a failure is never silent; am_errors_clear() knows not to free it. */
 typedef struct am_errors {
     char **msgs;
     size_t count;
@@ -64,7 +68,8 @@ am_config_t *am_config_load_files(const char *const *paths, size_t n_paths, am_e
 am_config_t *am_config_load_buffer(const char *name, const char *text, size_t len,
                                    am_errors_t *errs);
 /* Merge `over` into `base` (base keeps ownership of the result; `over` is
- * consumed and freed).  Returns base. */
+ * consumed and freed).  Returns base, or NULL when out of memory: then base
+ * is left exactly as it was (still the caller's) and over is freed. */
 am_config_t *am_config_merge(am_config_t *base, am_config_t *over);
 void am_config_free(am_config_t *config);
 const am_node_t *am_config_root(const am_config_t *config);

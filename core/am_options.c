@@ -109,18 +109,30 @@ static void *opt_slot(void *cfg, const am_option_t *opt)
 const char *am_opt_type_name(am_opt_type_t type)
 {
     switch (type) {
-    case AM_OPT_BOOL: return "bool";
-    case AM_OPT_INT: return "int";
-    case AM_OPT_DOUBLE: return "number";
-    case AM_OPT_MONEY: return "money";
-    case AM_OPT_STRING: return "string";
-    case AM_OPT_ENUM: return "enum";
-    case AM_OPT_DURATION: return "duration";
-    case AM_OPT_SIZE_MIB: return "MiB";
-    case AM_OPT_ENDPOINT: return "host:port";
-    case AM_OPT_STRLIST: return "list of strings";
-    case AM_OPT_NODE: return "any";
-    case AM_OPT_SECTION: return "section";
+    case AM_OPT_BOOL:
+        return "bool";
+    case AM_OPT_INT:
+        return "int";
+    case AM_OPT_DOUBLE:
+        return "number";
+    case AM_OPT_MONEY:
+        return "money";
+    case AM_OPT_STRING:
+        return "string";
+    case AM_OPT_ENUM:
+        return "enum";
+    case AM_OPT_DURATION:
+        return "duration";
+    case AM_OPT_SIZE_MIB:
+        return "MiB";
+    case AM_OPT_ENDPOINT:
+        return "host:port";
+    case AM_OPT_STRLIST:
+        return "list of strings";
+    case AM_OPT_NODE:
+        return "any";
+    case AM_OPT_SECTION:
+        return "section";
     }
     return "unknown";
 }
@@ -128,18 +140,30 @@ const char *am_opt_type_name(am_opt_type_t type)
 static const char *type_expectation(am_opt_type_t type)
 {
     switch (type) {
-    case AM_OPT_BOOL: return "true or false";
-    case AM_OPT_INT: return "an integer";
-    case AM_OPT_DOUBLE: return "a number";
-    case AM_OPT_MONEY: return "a decimal amount such as 5.00";
-    case AM_OPT_STRING: return "a string";
-    case AM_OPT_ENUM: return "one of the allowed values";
-    case AM_OPT_DURATION: return "a duration such as 500ms, 2s, 30m, 24h";
-    case AM_OPT_SIZE_MIB: return "a whole number of MiB";
-    case AM_OPT_ENDPOINT: return "host:port";
-    case AM_OPT_STRLIST: return "a list of strings";
-    case AM_OPT_NODE: return "a value";
-    case AM_OPT_SECTION: return "a map";
+    case AM_OPT_BOOL:
+        return "true or false";
+    case AM_OPT_INT:
+        return "an integer";
+    case AM_OPT_DOUBLE:
+        return "a number";
+    case AM_OPT_MONEY:
+        return "a decimal amount such as 5.00";
+    case AM_OPT_STRING:
+        return "a string";
+    case AM_OPT_ENUM:
+        return "one of the allowed values";
+    case AM_OPT_DURATION:
+        return "a duration such as 500ms, 2s, 30m, 24h";
+    case AM_OPT_SIZE_MIB:
+        return "a whole number of MiB";
+    case AM_OPT_ENDPOINT:
+        return "host:port";
+    case AM_OPT_STRLIST:
+        return "a list of strings";
+    case AM_OPT_NODE:
+        return "a value";
+    case AM_OPT_SECTION:
+        return "a map";
     }
     return "a value";
 }
@@ -211,7 +235,8 @@ static bool parse_bool(const char *s, bool *out)
 static int parse_int(const char *s, int64_t *out)
 {
     char *end;
-    if (!(isdigit((unsigned char)s[0]) || ((s[0] == '-' || s[0] == '+') && isdigit((unsigned char)s[1])))) {
+    if (!(isdigit((unsigned char)s[0]) ||
+          ((s[0] == '-' || s[0] == '+') && isdigit((unsigned char)s[1])))) {
         return AM_EINVAL;
     }
     errno = 0;
@@ -260,8 +285,8 @@ static const char *endpoint_problem(const char *s)
             return "empty IPv6 address";
         }
         for (const char *p = s + 1; p < close; p++) {
-            if (!(isalnum((unsigned char)*p) || *p == ':' || *p == '.' || *p == '%' ||
-                  *p == '_' || *p == '-')) {
+            if (!(isalnum((unsigned char)*p) || *p == ':' || *p == '.' || *p == '%' || *p == '_' ||
+                  *p == '-')) {
                 return "invalid IPv6 address";
             }
         }
@@ -373,8 +398,8 @@ static void store_strlist(opt_ctx_t *ctx, am_strlist_t *slot, const am_node_t *n
     *slot = list;
 }
 
-static void convert_enum(opt_ctx_t *ctx, const am_option_t *opt, char **slot,
-                         const am_node_t *node, const char *name)
+static void convert_enum(opt_ctx_t *ctx, const am_option_t *opt, char **slot, const am_node_t *node,
+                         const char *name)
 {
     char buf[512];
     const char *items[MAX_CHOICES + 1];
@@ -399,8 +424,9 @@ static void convert_enum(opt_ctx_t *ctx, const am_option_t *opt, char **slot,
     }
     const char *best = am_did_you_mean(text, items);
     if (best != NULL) {
-        opt_error(ctx, node, "%s: invalid value \"%.*s%s\" (expected one of: %s); did you mean \"%s\"?",
-                  name, QUOTED(text), list, best);
+        opt_error(ctx, node,
+                  "%s: invalid value \"%.*s%s\" (expected one of: %s); did you mean \"%s\"?", name,
+                  QUOTED(text), list, best);
     } else {
         opt_error(ctx, node, "%s: invalid value \"%.*s%s\" (expected one of: %s)", name,
                   QUOTED(text), list);
@@ -482,8 +508,7 @@ static void convert(opt_ctx_t *ctx, const am_option_t *opt, void *cfg, const am_
         am_money_t v;
         rc = am_money_parse(text, &v);
         if (rc != 0) {
-            opt_error(ctx, node, "%s: invalid amount \"%.*s%s\" (expected %s)", name,
-                      QUOTED(text),
+            opt_error(ctx, node, "%s: invalid amount \"%.*s%s\" (expected %s)", name, QUOTED(text),
                       rc == AM_ERANGE ? "at most 9 decimals and a sane size"
                                       : "a decimal such as 5.00");
             return;
@@ -584,8 +609,7 @@ static void apply_default(opt_ctx_t *ctx, const am_option_t *opt, void *cfg, con
     am_config_free(parsed);
 }
 
-static void apply_defaults(opt_ctx_t *ctx, const am_option_t *table, void *cfg,
-                           const char *prefix)
+static void apply_defaults(opt_ctx_t *ctx, const am_option_t *table, void *cfg, const char *prefix)
 {
     char name[NAME_LEN];
     for (const am_option_t *opt = table; opt->name != NULL; opt++) {
@@ -709,8 +733,8 @@ static void parse_table(opt_ctx_t *ctx, const am_option_t *table, void *cfg, con
     }
 }
 
-int am_options_parse(const am_option_t *table, void *cfg, const am_node_t *map,
-                     const char *prefix, am_errors_t *errs)
+int am_options_parse(const am_option_t *table, void *cfg, const am_node_t *map, const char *prefix,
+                     am_errors_t *errs)
 {
     opt_ctx_t ctx = {.errs = errs};
     apply_defaults(&ctx, table, cfg, prefix);

@@ -419,7 +419,7 @@ static void parse_components(am_service_t *svc, const am_node_t *root, const cha
             continue;
         }
         size_t before = errs->count;
-        am_options_parse(ops->options, node->config, comp->kind == AM_NODE_MAP ? comp : NULL,
+        am_options_parse(ops->options, node->config, comp,
                          prefix, errs);
         if (errs->count == before && ops->validate != NULL) {
             ops->validate(node->config, comp, prefix, errs);

@@ -1,0 +1,177 @@
+/*
+ * memory_limiter.c - refuse new data before memory runs out.
+ *
+ * As in the OpenTelemetry Collector: a hard limit (`limit_mib`) and a spike
+ * allowance (`spike_limit_mib`) give a soft limit = limit - spike.  Above the
+ * soft limit the processor refuses incoming batches with AM_RETRY, which the
+ * receivers answer with gRPC UNAVAILABLE / HTTP 503 (clients retry later);
+ * below it data flows again.  Nothing already accepted is dropped.
+ *
+ * What is measured: the process RSS, read from /proc/self/statm every
+ * `check_interval` on the main loop, plus the bytes reserved by live request
+ * arenas (an atomic, exact and free to read), which catches a burst between
+ * two RSS checks.  It runs first in the pipeline, on the receiver's thread,
+ * before the batch is handed to the shards.
+ */
+#include <stdio.h>
+#include <unistd.h>
+
+#include "am_component.h"
+#include "am_log.h"
+#include "am_selfmetrics.h"
+
+typedef struct limiter_config {
+    int64_t limit_bytes;
+    int64_t spike_bytes;
+    int64_t check_interval_ms;
+} limiter_config_t;
+
+static const am_option_t limiter_options[] = {
+    AM_OPT("limit_mib", AM_OPT_SIZE_MIB, "512", limiter_config_t, limit_bytes,
+           "Hard memory limit in MiB (RSS)."),
+    AM_OPT("spike_limit_mib", AM_OPT_SIZE_MIB, "128", limiter_config_t, spike_bytes,
+           "Headroom for spikes: data is refused above limit_mib - spike_limit_mib."),
+    AM_OPT("check_interval", AM_OPT_DURATION, "1s", limiter_config_t, check_interval_ms,
+           "How often RSS is read."),
+    AM_OPT_END,
+};
+
+typedef struct limiter {
+    limiter_config_t cfg;
+    am_consumer_t *next;
+    uv_loop_t *loop;
+    uv_timer_t timer;
+    bool timer_open;
+    _Atomic int64_t rss_bytes;
+    bool was_over; /* main loop only */
+    am_counter_t *refused_spans;
+    char *id;
+} limiter_t;
+
+static int64_t read_rss(void)
+{
+    long pages_total = 0, pages_rss = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f == NULL) {
+        return 0;
+    }
+    if (fscanf(f, "%ld %ld", &pages_total, &pages_rss) != 2) {
+        pages_rss = 0;
+    }
+    fclose(f);
+    return (int64_t)pages_rss * (int64_t)sysconf(_SC_PAGESIZE);
+}
+
+static int64_t soft_limit(const limiter_t *lim)
+{
+    return lim->cfg.limit_bytes - lim->cfg.spike_bytes;
+}
+
+static bool over_limit(limiter_t *lim)
+{
+    int64_t rss = atomic_load(&lim->rss_bytes);
+    return rss > soft_limit(lim);
+}
+
+static void on_check(uv_timer_t *timer)
+{
+    limiter_t *lim = timer->data;
+    atomic_store(&lim->rss_bytes, read_rss());
+    bool over = over_limit(lim);
+    if (over != lim->was_over) {
+        lim->was_over = over;
+        AM_WARN(lim->id, "memory %s the soft limit (%lld MiB RSS, soft limit %lld MiB)",
+                over ? "above" : "back below",
+                (long long)(atomic_load(&lim->rss_bytes) >> 20),
+                (long long)(soft_limit(lim) >> 20));
+    }
+}
+
+static am_status_t limiter_consume(void *instance, am_batch_t *batch)
+{
+    limiter_t *lim = instance;
+    /* Between RSS checks, growth shows up in arena bytes first. */
+    int64_t estimate = atomic_load(&lim->rss_bytes);
+    if (estimate > soft_limit(lim) ||
+        (int64_t)am_arena_total_reserved() > soft_limit(lim)) {
+        am_counter_add(lim->refused_spans, batch->span_count);
+        return AM_RETRY;
+    }
+    return am_consume(lim->next, batch);
+}
+
+static void limiter_validate(const void *config, const void *node, const char *prefix,
+                             am_errors_t *errs)
+{
+    const limiter_config_t *cfg = config;
+    if (cfg->spike_bytes >= cfg->limit_bytes) {
+        am_errors_add(errs, node, "%s: spike_limit_mib must be below limit_mib", prefix);
+    }
+}
+
+static int limiter_create(const am_create_params_t *params, void **instance)
+{
+    limiter_t *lim = am_calloc(1, sizeof(*lim));
+    if (lim == NULL || (lim->id = am_strdup(params->id)) == NULL) {
+        am_free(lim);
+        return AM_ENOMEM;
+    }
+    lim->cfg = *(const limiter_config_t *)params->config;
+    lim->next = params->next;
+    lim->loop = params->loop;
+    char labels[300];
+    snprintf(labels, sizeof(labels), "processor=\"%s\"", params->id);
+    lim->refused_spans = am_selfmetrics_counter(
+        "agentmeter_processor_refused_spans_total",
+        "Spans refused by a processor (memory limit); clients were told to retry.", labels);
+    *instance = lim;
+    return 0;
+}
+
+static int limiter_start(void *instance)
+{
+    limiter_t *lim = instance;
+    atomic_store(&lim->rss_bytes, read_rss());
+    uv_timer_init(lim->loop, &lim->timer);
+    lim->timer.data = lim;
+    lim->timer_open = true;
+    uint64_t every = lim->cfg.check_interval_ms > 0 ? (uint64_t)lim->cfg.check_interval_ms : 1000;
+    uv_timer_start(&lim->timer, on_check, every, every);
+    return 0;
+}
+
+static void on_timer_closed(uv_handle_t *handle)
+{
+    limiter_t *lim = handle->data;
+    lim->timer_open = false;
+}
+
+static void limiter_shutdown(void *instance)
+{
+    limiter_t *lim = instance;
+    if (lim->timer_open && !uv_is_closing((uv_handle_t *)&lim->timer)) {
+        uv_close((uv_handle_t *)&lim->timer, on_timer_closed);
+    }
+}
+
+static void limiter_destroy(void *instance)
+{
+    limiter_t *lim = instance;
+    am_free(lim->id);
+    am_free(lim);
+}
+
+const am_component_ops_t am_processor_memory_limiter_ops = {
+    .type = "memory_limiter",
+    .kind = AM_KIND_PROCESSOR,
+    .signals = AM_SIGNAL_TRACES | AM_SIGNAL_METRICS | AM_SIGNAL_LOGS,
+    .doc = "Refuses data (clients retry) when memory is above limit_mib - spike_limit_mib.",
+    .options = limiter_options,
+    .config_size = sizeof(limiter_config_t),
+    .validate = limiter_validate,
+    .create = limiter_create,
+    .start = limiter_start,
+    .consume = limiter_consume,
+    .shutdown = limiter_shutdown,
+    .destroy = limiter_destroy,
+};
