@@ -13,5 +13,5 @@ for d in receivers/* processors/* exporters/*; do
     opts="$opts -D$flag=$on"
 done
 # shellcheck disable=SC2086
-cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Debug -DAM_SANITIZE=ON $opts >/dev/null
+cmake -S . -B "$dir" ${LEAD_CMAKE_FLAGS:--DCMAKE_BUILD_TYPE=Debug -DAM_SANITIZE=ON} $opts >/dev/null
 cmake --build "$dir" -j2 2>&1 | grep -E "error|warning" || true
