@@ -373,7 +373,9 @@ static void conn_write_response(http_conn_t *conn, int status, const char *conte
     /* Status line and fixed headers, then the caller's headers, then the
      * blank line: head ends with "\r\n\r\n", so splice extras before it. */
     memcpy(data, head, (size_t)head_len - 2);
-    memcpy(data + head_len - 2, extra_headers, extra_len);
+    if (extra_len > 0) {
+        memcpy(data + head_len - 2, extra_headers, extra_len);
+    }
     memcpy(data + head_len - 2 + extra_len, "\r\n", 2);
     if (body_len > 0) {
         memcpy(data + head_len + extra_len, body, body_len);

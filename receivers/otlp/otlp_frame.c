@@ -110,7 +110,9 @@ int am__otlp_frame_feed(am__otlp_frame_t *frame, const uint8_t *data, size_t len
         if (rc != 0) {
             return rc;
         }
-        memcpy(frame->msg + frame->msg_have, data, take);
+        if (take > 0) {
+            memcpy(frame->msg + frame->msg_have, data, take);
+        }
         frame->msg_have += take;
         data += take;
         len -= take;
