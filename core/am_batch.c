@@ -4,6 +4,8 @@
  */
 #include "am_batch.h"
 
+#include "am_metrics.h"
+
 #include <string.h>
 
 #define BATCH_ARENA_FIRST 4096
@@ -439,6 +441,11 @@ am_batch_t *am_batch_clone(am_batch_t *batch)
         }
     }
     copy->received_unix_nano = batch->received_unix_nano;
+    /* Metric sets are immutable once attached: share by reference. */
+    if (batch->metrics != NULL) {
+        copy->metrics = am_metric_set_ref(batch->metrics);
+        copy->metrics_free = batch->metrics_free;
+    }
     /* Events and metrics point into arenas the original holds: share them. */
     if (am_batch_hold_arena(copy, batch->arena) != 0) {
         goto fail;

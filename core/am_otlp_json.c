@@ -2,13 +2,13 @@
  * am_otlp_json.c - OTLP/JSON traces codec (see am_otlp_json.h for the rules).
  *
  * Decoding is two steps.  json-c parses the whole body into a DOM (strict
- * mode, UTF-8 validated, nesting capped by the tokener), and we check that
- * nothing but whitespace follows the value.  Then a table-driven walk turns
- * the DOM into protobuf-c messages in the caller's arena.  Each message type
- * is a message_spec_t: its descriptor (size and __init come from it), its
- * field names (lowerCamelCase first, the proto name second) and a function
- * that decodes one field.  One generic loop iterates an object's keys,
- * skips unknown ones, and keeps the field path ("resourceSpans[0].scopeSpans
+ * mode, nesting capped by the tokener), and we check that nothing but
+ * whitespace follows the value.  json-c's UTF-8 check only counts
+ * continuation bytes, so every decoded string is validated again strictly.  Then a table-driven
+ * walk turns the DOM into protobuf-c messages in the caller's arena.  Each message type is a
+ * message_spec_t: its descriptor (size and __init come from it), its field names (lowerCamelCase
+ * first, the proto name second) and a function that decodes one field.  One generic loop iterates
+ * an object's keys, skips unknown ones, and keeps the field path ("resourceSpans[0].scopeSpans
  * [1].spans[3].traceId") that every error message starts with.  A repeated
  * field becomes one arena block of messages plus one block of pointers, so a
  * span list costs two allocations instead of one per span.
@@ -79,33 +79,43 @@ static int fail_oom(decoder_t *d)
 }
 
 /* Append to the path; returns the length to restore with path_pop().  A piece
- * that does not fit is dropped (the error then names a shorter path). */
-static size_t path_append(decoder_t *d, const char *fmt, ...) AM_PRINTF(2, 3);
-
-static size_t path_append(decoder_t *d, const char *fmt, ...)
+ * that does not fit is dropped (the error then names a shorter path).  This
+ * runs for every field decoded, so it copies bytes instead of formatting. */
+static size_t path_append(decoder_t *d, const char *piece, size_t len)
 {
     size_t saved = d->path_len;
-    size_t room = sizeof(d->path) - saved;
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(d->path + saved, room, fmt, ap);
-    va_end(ap);
-    if (n > 0 && (size_t)n < room) {
-        d->path_len += (size_t)n;
-    } else {
-        d->path[saved] = '\0';
+    if (len < sizeof(d->path) - saved) {
+        memcpy(d->path + saved, piece, len);
+        d->path_len += len;
+        d->path[d->path_len] = '\0';
     }
     return saved;
 }
 
 static size_t path_push_key(decoder_t *d, const char *name)
 {
-    return path_append(d, "%s%s", d->path_len == 0 ? "" : ".", name);
+    char piece[64];
+    size_t len = strlen(name);
+    size_t dot = d->path_len == 0 ? 0 : 1;
+    if (len + dot > sizeof(piece)) {
+        return d->path_len;
+    }
+    piece[0] = '.';
+    memcpy(piece + dot, name, len);
+    return path_append(d, piece, len + dot);
 }
 
 static size_t path_push_index(decoder_t *d, size_t index)
 {
-    return path_append(d, "[%zu]", index);
+    char piece[32];
+    size_t pos = sizeof(piece);
+    piece[--pos] = ']';
+    do {
+        piece[--pos] = (char)('0' + index % 10);
+        index /= 10;
+    } while (index > 0);
+    piece[--pos] = '[';
+    return path_append(d, piece + pos, sizeof(piece) - pos);
 }
 
 static void path_pop(decoder_t *d, size_t saved)
@@ -607,8 +617,9 @@ static const message_spec_t resource_spans_spec, resource_spec, entity_ref_spec,
 static int field_lookup(const message_spec_t *spec, const char *key)
 {
     for (size_t i = 0; i < spec->n_fields; i++) {
-        if (strcmp(key, spec->fields[i].json_name) == 0 ||
-            strcmp(key, spec->fields[i].proto_name) == 0) {
+        const field_name_t *name = &spec->fields[i];
+        if ((key[0] == name->json_name[0] && strcmp(key, name->json_name) == 0) ||
+            (key[0] == name->proto_name[0] && strcmp(key, name->proto_name) == 0)) {
             return (int)i;
         }
     }

@@ -51,9 +51,14 @@
  *
  * On success returns 0 and sets *out to a request allocated entirely in
  * `arena`: it stays valid while the arena lives and is never freed on its
- * own.  Unknown fields are ignored; null means the field's default.  Ids
+ * own.  Unknown fields are ignored; null means the field's default; when a
+ * key repeats (or a field appears under both names) the last one wins.  Ids
  * are kept as given: a 15-byte trace id is not a decode error (the receiver
- * rejects bad id lengths per span).
+ * rejects bad id lengths per span).  Every string must be valid UTF-8 (no
+ * overlong forms, surrogates or code points above U+10FFFF), as proto3
+ * requires.  A string holding \u0000 is stored whole, but C readers (and
+ * protobuf-c's pack) see it end at the NUL, exactly as for a protobuf
+ * request carrying the same bytes.
  *
  * On failure sets *out to NULL and returns AM_EINVAL (malformed input: err
  * names the field path and the problem, e.g.

@@ -26,6 +26,7 @@ typedef struct fanout {
     am_consumer_t consumer;
     am_consumer_t **targets;
     bool *mutates;
+    unsigned *signals; /* 0: any; else only batches carrying one of these */
     size_t count;
 } fanout_t;
 
@@ -168,6 +169,11 @@ static am_status_t fanout_consume(am_consumer_t *self, am_batch_t *batch)
     am_status_t worst = AM_OK;
     for (size_t i = 0; i < fan->count; i++) {
         am_status_t st;
+        /* A connector feeds pipelines of several signals; each pipeline only
+         * gets the batches of its own signal. */
+        if (fan->signals[i] != 0 && (fan->signals[i] & batch->signal) == 0) {
+            continue;
+        }
         if (fan->mutates[i] && fan->count > 1) {
             am_batch_t *copy = am_batch_clone(batch);
             if (copy == NULL) {
@@ -687,16 +693,18 @@ static int fanout_init(fanout_t *fan, size_t count)
     fan->consumer.data = fan;
     fan->targets = am_calloc(count + 1, sizeof(*fan->targets));
     fan->mutates = am_calloc(count + 1, sizeof(*fan->mutates));
-    if (fan->targets == NULL || fan->mutates == NULL) {
+    fan->signals = am_calloc(count + 1, sizeof(*fan->signals));
+    if (fan->targets == NULL || fan->mutates == NULL || fan->signals == NULL) {
         return AM_ENOMEM;
     }
     return 0;
 }
 
-static void fanout_add(fanout_t *fan, am_consumer_t *target, bool mutates)
+static void fanout_add(fanout_t *fan, am_consumer_t *target, bool mutates, unsigned signal)
 {
     fan->targets[fan->count] = target;
     fan->mutates[fan->count] = mutates;
+    fan->signals[fan->count] = signal;
     fan->count++;
 }
 
@@ -736,7 +744,7 @@ static int create_instances(am_service_t *svc, am_errors_t *errs)
         }
         for (size_t e = 0; e < pl->n_exporters; e++) {
             fanout_add(&pl->out, &pl->exporters[e]->consumer,
-                       (pl->exporters[e]->ops->flags & AM_COMP_MUTATES) != 0);
+                       (pl->exporters[e]->ops->flags & AM_COMP_MUTATES) != 0, 0);
         }
         size_t n_lead = pl->first_sharded;
         size_t n_sharded = pl->n_processors - pl->first_sharded;
@@ -785,7 +793,7 @@ static int create_instances(am_service_t *svc, am_errors_t *errs)
                     fanout_add(&node->out,
                                node->ops->kind == AM_KIND_RECEIVER ? &p->entry
                                                                    : p->entry_target,
-                               p->mutates);
+                               p->mutates, p->signal);
                 }
             }
         }
@@ -1288,6 +1296,7 @@ static void fanout_free(fanout_t *fan)
 {
     am_free(fan->targets);
     am_free(fan->mutates);
+    am_free(fan->signals);
 }
 
 void am_service_free(am_service_t *svc)

@@ -9,10 +9,17 @@
  * verbosity detailed: every span with all its attributes, events, links and
  *                     status, and each cost event's JSON.
  *
+ * Cost events are printed only from logs pipelines (batches carrying
+ * AM_SIGNAL_LOGS): in a traces pipeline they ride beside the spans and trace
+ * exporters ignore them (ARCHITECTURE.md §2), so a debug exporter shared by
+ * both pipelines prints each event once.  Money attributes are printed as
+ * the exact fixed-point value they came from, not as a raw double.
+ *
  * Consume may run on any shard thread: a batch is formatted into a local
  * buffer and written with one fwrite under a mutex, so output from several
  * shards never interleaves inside a line.
  */
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,6 +92,12 @@ static const char *attr_text(const am_pb_span_t *span, const char *key, char *bu
     const am_pb_anyvalue_t *v = am_attr_find(span->attributes, span->n_attributes, key);
     if (v == NULL) {
         return NULL;
+    }
+    /* Cost attributes are doubles made from exact nano-units: print the
+     * nano-unit value, "0.07265675" rather than "0.072656750000000006". */
+    if (v->value_case == AM_PB_VALUE(DOUBLE_VALUE) && strncmp(key, "cost.", 5) == 0 &&
+        size >= AM_MONEY_STRLEN && v->double_value > -9e9 && v->double_value < 9e9) {
+        return am_money_format((am_money_t)llround(v->double_value * 1e9), buf);
     }
     return am_anyvalue_to_text(v, buf, size);
 }
@@ -213,22 +226,22 @@ static am_status_t debug_consume(void *instance, am_batch_t *batch)
     debug_exporter_t *exp = instance;
     size_t spans = batch->traces != NULL ? am_batch_count_spans(batch) : 0;
     am_counter_add(exp->sent_spans, spans);
-    am_counter_add(exp->sent_events, batch->n_events);
+    size_t events = (batch->signal & AM_SIGNAL_LOGS) ? batch->n_events : 0;
+    am_counter_add(exp->sent_events, events);
     if (exp->verbosity == V_QUIET) {
         return AM_OK;
     }
     out_buf_t out = {0};
     visit_ctx_t ctx = {.exp = exp, .out = &out};
-    if (spans > 0 || batch->n_events > 0) {
-        out_printf(&out, "%s batch spans=%zu traces=%zu events=%zu\n", exp->id, spans,
-                   batch->n_traces, batch->n_events);
+    if (spans > 0) {
+        out_printf(&out, "%s batch spans=%zu traces=%zu\n", exp->id, spans, batch->n_traces);
     }
     if (exp->verbosity == V_BASIC) {
         am_batch_for_each_span(batch, visit_root, &ctx);
     } else {
         am_batch_for_each_span(batch, visit_span, &ctx);
     }
-    for (size_t i = 0; i < batch->n_events; i++) {
+    for (size_t i = 0; i < events; i++) {
         const am_event_t *ev = &batch->events[i];
         if (exp->verbosity == V_DETAILED || exp->verbosity == V_BASIC) {
             out_printf(&out, "%s event %s\n", exp->id, ev->json != NULL ? ev->json : "{}");

@@ -105,7 +105,10 @@ static am_status_t file_consume(void *instance, am_batch_t *batch)
             am_counter_add(exp->sent_spans, spans);
         }
     }
-    for (size_t i = 0; i < batch->n_events; i++) {
+    /* Events are written from logs pipelines only (trace exporters ignore
+     * the events riding beside spans, ARCHITECTURE.md §2). */
+    size_t events = (batch->signal & AM_SIGNAL_LOGS) ? batch->n_events : 0;
+    for (size_t i = 0; i < events; i++) {
         const am_event_t *ev = &batch->events[i];
         if (ev->json == NULL) {
             continue;

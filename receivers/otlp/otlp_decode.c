@@ -551,22 +551,55 @@ int am__otlp_prescan(const uint8_t *buf, size_t len, const am__otlp_limits_t *li
     return 0;
 }
 
+/* protobuf-c's unpack returns NULL both for bad input and for a failed
+ * allocation; this allocator remembers which it was, so ENOMEM becomes a
+ * retryable UNAVAILABLE instead of blaming the client's bytes. */
+typedef struct tracked_allocator {
+    ProtobufCAllocator arena;
+    bool failed;
+} tracked_allocator_t;
+
+static void *tracked_alloc(void *data, size_t size)
+{
+    tracked_allocator_t *tracked = data;
+    void *ptr = tracked->arena.alloc(tracked->arena.allocator_data, size);
+    if (ptr == NULL) {
+        tracked->failed = true;
+    }
+    return ptr;
+}
+
+static void tracked_free(void *data, void *ptr)
+{
+    tracked_allocator_t *tracked = data;
+    tracked->arena.free(tracked->arena.allocator_data, ptr);
+}
+
 int am__otlp_decode_proto(am_arena_t *arena, const uint8_t *buf, size_t len,
                           const am__otlp_limits_t *limits, am_pb_export_req_t **out, char *err,
                           size_t err_size)
 {
+    *out = NULL;
     int rc = am__otlp_prescan(buf, len, limits, err, err_size);
     if (rc != 0) {
         return rc;
     }
-    ProtobufCAllocator allocator = am_arena_allocator(arena);
+    tracked_allocator_t tracked = {.arena = am_arena_allocator(arena)};
+    ProtobufCAllocator allocator = {
+        .alloc = tracked_alloc,
+        .free = tracked_free,
+        .allocator_data = &tracked,
+    };
     am_pb_export_req_t *req =
         opentelemetry__proto__collector__trace__v1__export_trace_service_request__unpack(&allocator,
                                                                                          len, buf);
     if (req == NULL) {
-        /* The pre-scan accepted the wire format, so this is a type mismatch
-         * (e.g. a varint where a string belongs) or ENOMEM; protobuf-c does
-         * not say which, and the arena's totals are not worth a guess. */
+        if (tracked.failed) {
+            snprintf(err, err_size, "out of memory decoding the request");
+            return AM__GRPC_UNAVAILABLE;
+        }
+        /* The pre-scan accepted the wire format, so this is a type mismatch,
+         * e.g. a varint where a string or message belongs. */
         snprintf(err, err_size,
                  "malformed protobuf: not a valid ExportTraceServiceRequest (field types do "
                  "not match the schema)");

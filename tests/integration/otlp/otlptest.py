@@ -17,7 +17,8 @@ import subprocess
 import sys
 import tempfile
 
-SOURCE_DIR = os.environ.get("AM_SOURCE_DIR", os.getcwd())
+SOURCE_DIR = os.environ.get(
+    "AM_SOURCE_DIR", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")))
 EXPORT_PATH = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 PROTOS = ["common.proto", "resource.proto", "trace.proto", "trace_service.proto", "status.proto"]
 

@@ -310,6 +310,13 @@ static char *encode_ok(const am_pb_export_req_t *req, size_t *len)
     return json;
 }
 
+#define SPAN_PREFIX "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{"
+#define SPAN_SUFFIX "}]}]}]}"
+#define SPAN(fields) SPAN_PREFIX fields SPAN_SUFFIX
+#define ATTR(value) SPAN("\"attributes\":[{\"key\":\"k\",\"value\":" value "}]")
+#define SPAN_PATH "resourceSpans[0].scopeSpans[0].spans[0]."
+#define ATTR_PATH SPAN_PATH "attributes[0].value."
+
 /* ------------------------------------------------------------------------ */
 /* Decoding what the JS SDK sends                                           */
 /* ------------------------------------------------------------------------ */
@@ -621,6 +628,27 @@ static void test_unknown_fields_ignored(void **state)
     decoded_free(&dec);
 }
 
+/* Repeated keys, or a field under both names: the last one wins. */
+static void test_duplicate_keys_last_wins(void **state)
+{
+    (void)state;
+    decoded_t dec;
+    decode_ok(&dec, SPAN("\"name\":\"first\",\"name\":\"second\","
+                         "\"spanId\":\"0000000000000001\",\"span_id\":\"0000000000000002\","
+                         "\"attributes\":[{\"key\":\"k\",\"value\":{\"stringValue\":\"x\","
+                         "\"intValue\":\"5\"}}],\"attributes\":[]"));
+    const am_pb_span_t *span = first_span(dec.req, 0);
+    assert_string_equal(span->name, "second");
+    assert_bytes(span->span_id, "0000000000000002");
+    assert_int_equal(span->n_attributes, 0);
+    decoded_free(&dec);
+    decode_ok(&dec, ATTR("{\"stringValue\":\"x\",\"intValue\":\"5\"}"));
+    const am_pb_anyvalue_t *v = first_span(dec.req, 0)->attributes[0]->value;
+    assert_int_equal(v->value_case, AM_PB_VALUE(INT_VALUE));
+    assert_int_equal(v->int_value, 5);
+    decoded_free(&dec);
+}
+
 /* Entity refs (resource.proto) decode and survive a round trip too. */
 static void test_entity_refs_roundtrip(void **state)
 {
@@ -653,13 +681,6 @@ static void test_entity_refs_roundtrip(void **state)
 /* ------------------------------------------------------------------------ */
 /* Errors name the field                                                    */
 /* ------------------------------------------------------------------------ */
-
-#define SPAN_PREFIX "{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{"
-#define SPAN_SUFFIX "}]}]}]}"
-#define SPAN(fields) SPAN_PREFIX fields SPAN_SUFFIX
-#define ATTR(value) SPAN("\"attributes\":[{\"key\":\"k\",\"value\":" value "}]")
-#define SPAN_PATH "resourceSpans[0].scopeSpans[0].spans[0]."
-#define ATTR_PATH SPAN_PATH "attributes[0].value."
 
 static void test_error_paths(void **state)
 {
@@ -1109,6 +1130,7 @@ static void test_failmalloc_decode(void **state)
 {
     (void)state;
     bool succeeded = false;
+    long failed_runs = 0;
     for (long nth = 1; nth < 10000 && !succeeded; nth++) {
         am_alloc_set_fail_after(nth);
         am_arena_t *arena = am_arena_new(256);
@@ -1126,11 +1148,14 @@ static void test_failmalloc_decode(void **state)
             assert_int_equal(rc, AM_ENOMEM);
             assert_null(req);
             assert_non_null(strstr(err, "out of memory"));
+            failed_runs++;
         }
         am_arena_unref(arena);
     }
     am_alloc_set_fail_after(0);
     assert_true(succeeded);
+    /* The arena grew while decoding, so failures hit the decoder itself. */
+    assert_true(failed_runs >= 2);
 }
 
 static void test_failmalloc_encode(void **state)
@@ -1185,6 +1210,7 @@ int main(void)
         cmocka_unit_test(test_id_lengths_are_kept),
         cmocka_unit_test(test_null_means_default),
         cmocka_unit_test(test_unknown_fields_ignored),
+        cmocka_unit_test(test_duplicate_keys_last_wins),
         cmocka_unit_test(test_entity_refs_roundtrip),
         cmocka_unit_test(test_error_paths),
         cmocka_unit_test(test_malformed_json),

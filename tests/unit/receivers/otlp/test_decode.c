@@ -799,6 +799,70 @@ static void test_export(void **state)
     am_selfmetrics_reset();
 }
 
+/* Fail the N-th allocation, for every N, through decompression, decoding
+ * and export: each failure is answered (UNAVAILABLE: retryable) and
+ * nothing leaks (valgrind/ASan prove the second part). */
+static void test_failmalloc(void **state)
+{
+    (void)state;
+    fake_next_t next = {.consumer = {.consume = fake_consume}, .answer = AM_OK};
+    am__otlp_receiver_t rcv;
+    memset(&rcv, 0, sizeof(rcv));
+    rcv.id = "otlp";
+    rcv.next = &next.consumer;
+    rcv.limits = default_limits;
+    for (int t = 0; t < AM__OTLP_N_TRANSPORTS; t++) {
+        rcv.accepted[t] = am_selfmetrics_counter("fm_accepted", "", NULL);
+        rcv.refused[t] = am_selfmetrics_counter("fm_refused", "", NULL);
+    }
+    size_t len;
+    uint8_t *plain = pack_request(30, 4, 7, &len);
+    size_t gz_len;
+    uint8_t *gz = gzip_bytes(plain, len, &gz_len);
+    uint8_t framed[5 + 4096];
+    assert_true(gz_len <= 4096);
+    prefix(framed, 1, (uint32_t)gz_len);
+    memcpy(framed + 5, gz, gz_len);
+    bool completed = false;
+    for (long nth = 1; nth < 10000 && !completed; nth++) {
+        am_alloc_set_fail_after(nth);
+        char err[256];
+        am__otlp_frame_t frame;
+        am__otlp_frame_init(&frame, 1u << 20);
+        int code = am__otlp_frame_feed(&frame, framed, 5 + gz_len, err, sizeof(err));
+        if (code == 0) {
+            code = am__otlp_frame_finish(&frame, err, sizeof(err));
+        }
+        const uint8_t *msg;
+        size_t msg_len;
+        uint8_t *owned = NULL;
+        if (code == 0) {
+            code = am__otlp_frame_unwrap(&frame, AM__OTLP_ENC_GZIP, &msg, &msg_len, &owned, err,
+                                         sizeof(err));
+        }
+        am__otlp_reply_t reply;
+        if (code == 0) {
+            am__otlp_export(&rcv, AM__OTLP_GRPC, AM__OTLP_PROTOBUF, msg, msg_len, &reply);
+            code = reply.grpc_code;
+        }
+        am_free(owned);
+        am__otlp_frame_free(&frame);
+        long made = am_alloc_set_fail_after(0);
+        if (code != AM__GRPC_OK) {
+            if (code != AM__GRPC_UNAVAILABLE) {
+                fail_msg("allocation %ld failed: got %s, want UNAVAILABLE", nth,
+                         am__otlp_grpc_code_name(code));
+            }
+        }
+        completed = made < nth; /* the failure point was never reached */
+    }
+    assert_true(completed);
+    assert_true(next.batches > 0);
+    free(plain);
+    free(gz);
+    am_selfmetrics_reset();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -823,6 +887,7 @@ int main(void)
         cmocka_unit_test(test_drop_invalid_spans),
         cmocka_unit_test(test_auth),
         cmocka_unit_test(test_export),
+        cmocka_unit_test(test_failmalloc),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -550,6 +550,34 @@ static void test_max_connection_age_goaway(void **state)
     stop_server(&srv);
 }
 
+static void test_max_connection_idle_goaway(void **state)
+{
+    (void)state;
+    am__otlp_config_t config = base_config();
+    config.protocols.grpc.keepalive.time_ms = 0;
+    config.protocols.grpc.max_connection_idle_ms = 300;
+    start_server(&srv, &config);
+    size_t len;
+    uint8_t *body = grpc_body(&len);
+    h2c_t c;
+    h2c_open(&c, srv.grpc_port, true);
+    /* Busy for longer than the idle time: no GOAWAY while requests flow. */
+    uint64_t busy_until = am_now_mono_ms() + 600;
+    while (am_now_mono_ms() < busy_until) {
+        h2c_request(&c, body, len, false);
+        assert_true(h2c_wait(&c, &c.stream_closed, 5000));
+        assert_string_equal(c.grpc_status, "0");
+        assert_false(c.got_goaway);
+    }
+    uint64_t idle_from = am_now_mono_ms();
+    assert_true(h2c_wait(&c, &c.got_goaway, 3000));
+    assert_true(am_now_mono_ms() - idle_from >= 250);
+    assert_true(h2c_wait(&c, &c.eof, 3000));
+    h2c_close(&c);
+    free(body);
+    stop_server(&srv);
+}
+
 static void test_shutdown_answers_inflight(void **state)
 {
     (void)state;
@@ -606,6 +634,7 @@ int main(void)
         cmocka_unit_test(test_rst_stream_frees_request),
         cmocka_unit_test(test_keepalive_closes_silent_client),
         cmocka_unit_test(test_max_connection_age_goaway),
+        cmocka_unit_test(test_max_connection_idle_goaway),
         cmocka_unit_test(test_shutdown_answers_inflight),
         cmocka_unit_test(test_defaults_enable_both_protocols),
     };
