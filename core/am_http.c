@@ -56,6 +56,8 @@ struct http_conn {
     bool header_field_last;   /* last header callback was a field */
     bool keep_alive;
     bool closing;
+    bool lingering;           /* answered with close: draining input */
+    uv_shutdown_t shutdown_req;
     int error_status;         /* non-zero: answer this and close */
     int handles_open;
 };
@@ -71,6 +73,7 @@ static void conn_close(http_conn_t *conn);
 static void conn_process(http_conn_t *conn);
 static void conn_arm_timer(http_conn_t *conn, uint64_t timeout_ms);
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf);
 
 int am_parse_endpoint(const char *endpoint, char *host, size_t host_size, int *port)
 {
@@ -326,6 +329,32 @@ static const char *status_text(int status)
     }
 }
 
+#define LINGER_MS 2000
+
+static void on_linger_shutdown(uv_shutdown_t *req, int status)
+{
+    AM_UNUSED(req);
+    AM_UNUSED(status);
+}
+
+/* Lingering close (as nginx does): after answering an error while the
+ * client may still be sending its body, half-close our side and discard
+ * input for a moment, so the client reads our answer instead of a reset. */
+static void conn_linger(http_conn_t *conn)
+{
+    conn->lingering = true;
+    conn->in_len = 0;
+    conn->in_parsed = 0;
+    if (uv_shutdown(&conn->shutdown_req, (uv_stream_t *)&conn->tcp, on_linger_shutdown) != 0) {
+        conn_close(conn);
+        return;
+    }
+    if (!uv_is_active((uv_handle_t *)&conn->tcp)) {
+        uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read);
+    }
+    conn_arm_timer(conn, LINGER_MS);
+}
+
 static void on_write_done(uv_write_t *wreq, int status)
 {
     http_write_t *write = (http_write_t *)wreq;
@@ -337,7 +366,11 @@ static void on_write_done(uv_write_t *wreq, int status)
         return;
     }
     if (close_after) {
-        conn_close(conn);
+        if (status < 0) {
+            conn_close(conn);
+        } else {
+            conn_linger(conn);
+        }
         return;
     }
     /* Ready for the next request on this connection. */
@@ -493,7 +526,7 @@ static void conn_process(http_conn_t *conn)
 static void on_timeout(uv_timer_t *timer)
 {
     http_conn_t *conn = timer->data;
-    if (conn->in_handler) {
+    if (conn->in_handler && !conn->lingering) {
         return; /* the handler owns the request; it will answer */
     }
     AM_DEBUG("http", "closing connection: %s timeout",
@@ -518,6 +551,9 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         }
         conn_close(conn);
         return;
+    }
+    if (conn->lingering) {
+        return; /* discard: in_len stays 0 */
     }
     conn->in_len += (size_t)nread;
     conn_process(conn);

@@ -18,11 +18,21 @@ AM_BIN = os.environ.get("AM_BIN", "build/agentmeter")
 SOURCE_DIR = os.environ.get("AM_SOURCE_DIR", os.getcwd())
 
 
+_handed_out = set()
+
+
 def free_port():
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on 127.0.0.1 right now, never one this process already
+    handed out (the kernel may offer the same ephemeral port twice in a row,
+    and a test that gets one port for two listeners fails in confusing ways)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no fresh free port found")
 
 
 def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
