@@ -14,8 +14,11 @@ for target in "$build"/tests/fuzz/fuzz_*; do
     work="$(mktemp -d)"
     [ -d "$corpus" ] && cp -r "$corpus"/. "$work"/ 2>/dev/null || true
     echo "fuzz: $name for ${seconds}s"
-    ASAN_OPTIONS=detect_leaks=1 "$target" -max_total_time="$seconds" -rss_limit_mb=2048 \
-        -max_len=1048576 "$work" >"$work.log" 2>&1 || { tail -50 "$work.log"; exit 1; }
+    mkdir -p "$build/fuzz-artifacts"
+    ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+        "$target" -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=1048576 \
+        -artifact_prefix="$build/fuzz-artifacts/$name-" "$work" >"$work.log" 2>&1 ||
+        { tail -50 "$work.log"; exit 1; }
     tail -1 "$work.log"
     rm -rf "$work" "$work.log"
 done

@@ -238,8 +238,9 @@ int am__rc_parse_date(const char *text, int64_t *out_ns)
     int year = tm.tm_year, mon = tm.tm_mon, mday = tm.tm_mday;
     time_t secs = timegm(&tm);
     /* timegm normalises 2026-02-30 to March: reject dates that moved. */
+    /* Nanoseconds since 1970 fit int64 until 2262: bound the year first. */
     if (secs == (time_t)-1 || tm.tm_year != year || tm.tm_mon != mon || tm.tm_mday != mday ||
-        year < 70) {
+        year < 70 || year > 2200 - 1900) {
         return AM_EINVAL;
     }
     *out_ns = (int64_t)secs * 1000000000;

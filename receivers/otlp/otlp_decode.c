@@ -396,6 +396,12 @@ static const char *list_owner_name(const ProtobufCMessageDescriptor *desc)
 static int scan_message(prescan_t *ps, const ProtobufCMessageDescriptor *desc, const uint8_t *buf,
                         size_t len, uint32_t depth)
 {
+    /* An empty message may come with a NULL buffer: never offset NULL. */
+    static const uint8_t empty[1];
+    if (buf == NULL) {
+        buf = empty;
+        len = 0;
+    }
     const uint8_t *p = buf;
     const uint8_t *end = buf + len;
     /* Per-instance counts of repeated message fields (at most a handful of
