@@ -834,7 +834,8 @@ static void print_markdown(const am_option_t *table, FILE *out, const char *pref
         }
         print_md_cell(opt->doc != NULL ? opt->doc : "", out);
         if (has_range(opt) && opt->type != AM_OPT_SECTION) {
-            fputs(" Range: ", out);
+            size_t doc_len = opt->doc != NULL ? strlen(opt->doc) : 0;
+            fputs(doc_len > 0 && opt->doc[doc_len - 1] != '.' ? ". Range: " : " Range: ", out);
             print_range(opt, out);
             fputc('.', out);
         }
