@@ -115,7 +115,7 @@ int am_shards_start(int n, size_t max_queued_spans, am_shards_t **out)
     for (int i = 0; i < n; i++) {
         am_shard_t *shard = &shards->shards[i];
         shard->index = i;
-        shard->max_queued_spans = max_queued_spans > 0 ? max_queued_spans : (size_t)1 << 20;
+        shard->max_queued_spans = max_queued_spans > 0 ? max_queued_spans : (size_t)65536;
         uv_loop_init(&shard->loop);
         uv_mutex_init(&shard->lock);
         uv_async_init(&shard->loop, &shard->wake, shard_drain);

@@ -20,7 +20,9 @@ typedef struct am_shards am_shards_t;
 
 typedef void (*am_shard_fn)(void *arg);
 
-/* Start n shard threads.  max_queued_spans bounds each inbox (0 = 1<<20). */
+/* Start n shard threads.  max_queued_spans bounds each inbox (0 = 65536
+ * spans: about 150 MiB of decoded requests at worst; past it the receivers
+ * answer UNAVAILABLE / 503 and clients retry). */
 int am_shards_start(int n, size_t max_queued_spans, am_shards_t **out);
 int am_shards_count(const am_shards_t *shards);
 am_shard_t *am_shards_get(am_shards_t *shards, int index);

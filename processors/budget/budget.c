@@ -888,7 +888,7 @@ static void apply_spend(budget_inst_t *inst, spend_msg_t *msg)
     if (msg->currency[0] != '\0') {
         memcpy(st->currency, msg->currency, sizeof(st->currency));
     }
-    uint64_t ws, we;
+    uint64_t ws = 0, we = 0;
     window_at(b, now, st->first_ns, &ws, &we);
     if (b->window == W_ROLLING) {
         rolling_advance(b, st, now);

@@ -7,12 +7,17 @@
  * receivers answer with gRPC UNAVAILABLE / HTTP 503 (clients retry later);
  * below it data flows again.  Nothing already accepted is dropped.
  *
- * What is measured: the process RSS, read from /proc/self/statm every
- * `check_interval` on the main loop, plus the bytes reserved by live request
- * arenas (an atomic, exact and free to read), which catches a burst between
- * two RSS checks.  It runs first in the pipeline, on the receiver's thread,
- * before the batch is handed to the shards.
+ * What is measured, and why two numbers: the bytes reserved by live request
+ * arenas (an atomic, exact and free to read) are what agentmeter actually
+ * holds for data in flight; they are compared with the soft limit.  RSS is
+ * read every `check_interval` and compared with the hard limit only: glibc
+ * rarely hands freed heap back to the kernel, so after a burst RSS can stay
+ * above the soft limit with nothing buffered, and a limiter deciding on RSS
+ * alone would refuse data forever.  Above the hard limit it asks malloc to
+ * return free memory (malloc_trim) and reads RSS again.  It runs first in the
+ * pipeline, on the receiver's thread, before the batch goes to the shards.
  */
+#include <malloc.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -69,31 +74,35 @@ static int64_t soft_limit(const limiter_t *lim)
 
 static bool over_limit(limiter_t *lim)
 {
-    int64_t rss = atomic_load(&lim->rss_bytes);
-    return rss > soft_limit(lim);
+    return atomic_load(&lim->rss_bytes) > lim->cfg.limit_bytes ||
+           (int64_t)am_arena_total_reserved() > soft_limit(lim);
 }
 
 static void on_check(uv_timer_t *timer)
 {
     limiter_t *lim = timer->data;
-    atomic_store(&lim->rss_bytes, read_rss());
+    int64_t rss = read_rss();
+    if (rss > lim->cfg.limit_bytes) {
+        malloc_trim(0);
+        rss = read_rss();
+    }
+    atomic_store(&lim->rss_bytes, rss);
     bool over = over_limit(lim);
     if (over != lim->was_over) {
         lim->was_over = over;
-        AM_WARN(lim->id, "memory %s the soft limit (%lld MiB RSS, soft limit %lld MiB)",
-                over ? "above" : "back below",
-                (long long)(atomic_load(&lim->rss_bytes) >> 20),
-                (long long)(soft_limit(lim) >> 20));
+        AM_WARN(lim->id,
+                "memory %s the limits (RSS %lld MiB, hard limit %lld MiB; data in flight %lld "
+                "MiB, soft limit %lld MiB)",
+                over ? "above" : "back below", (long long)(rss >> 20),
+                (long long)(lim->cfg.limit_bytes >> 20),
+                (long long)(am_arena_total_reserved() >> 20), (long long)(soft_limit(lim) >> 20));
     }
 }
 
 static am_status_t limiter_consume(void *instance, am_batch_t *batch)
 {
     limiter_t *lim = instance;
-    /* Between RSS checks, growth shows up in arena bytes first. */
-    int64_t estimate = atomic_load(&lim->rss_bytes);
-    if (estimate > soft_limit(lim) ||
-        (int64_t)am_arena_total_reserved() > soft_limit(lim)) {
+    if (over_limit(lim)) {
         am_counter_add(lim->refused_spans, batch->span_count);
         return AM_RETRY;
     }
