@@ -461,9 +461,10 @@ am_batch_t *am_batch_clone(am_batch_t *batch)
         }
     }
     if (batch->trace_index != NULL && batch->traces != NULL) {
-        if (ptr_map_init(&map, batch->span_count + 64) != 0) {
+        if (ptr_map_init(&map, 3 * batch->span_count + 64) != 0) {
             goto fail;
         }
+        /* Up to three keys per span (span, resource, scope). */
         clone_map_pointers(batch->traces, copy->traces, &map);
         copy->trace_index = am_arena_calloc(copy->arena, batch->n_traces, sizeof(am_trace_t));
         if (copy->trace_index == NULL && batch->n_traces > 0) {

@@ -31,6 +31,7 @@ extern const am_option_t am_service_telemetry_options[];
 int am_ratecard_cli(int argc, char **argv) __attribute__((weak));
 
 #define MAX_CONFIGS 16
+#define MAX_RETIRED 8
 
 typedef struct cli {
     const char *configs[MAX_CONFIGS];
@@ -44,6 +45,9 @@ typedef struct runner {
     am_service_t *service;
     uv_signal_t sig_term, sig_int, sig_hup;
     char *config_text; /* concatenated source text, to detect real changes */
+    uv_timer_t retire_timer;
+    am_service_t *retired[MAX_RETIRED]; /* shut down by a reload, freed later */
+    size_t n_retired;
     bool stopping;
     int exit_code;
 } runner_t;
@@ -170,6 +174,34 @@ static void runner_stop(runner_t *runner)
     uv_close((uv_handle_t *)&runner->sig_term, on_signal_closed);
     uv_close((uv_handle_t *)&runner->sig_int, on_signal_closed);
     uv_close((uv_handle_t *)&runner->sig_hup, on_signal_closed);
+    uv_close((uv_handle_t *)&runner->retire_timer, on_signal_closed);
+}
+
+#define RETIRE_DELAY_MS 5000
+
+static void free_retired(runner_t *runner)
+{
+    for (size_t i = 0; i < runner->n_retired; i++) {
+        am_service_free(runner->retired[i]);
+    }
+    runner->n_retired = 0;
+}
+
+static void on_retire_timer(uv_timer_t *timer)
+{
+    free_retired(timer->data);
+}
+
+/* Keep a shut-down service until its handles have surely closed. */
+static void retire_service(runner_t *runner, am_service_t *old)
+{
+    if (runner->n_retired == MAX_RETIRED) {
+        /* Reloads faster than the delay: the oldest have had time enough
+         * only if the loop ran; free them after one more iteration. */
+        free_retired(runner);
+    }
+    runner->retired[runner->n_retired++] = old;
+    uv_timer_start(&runner->retire_timer, on_retire_timer, RETIRE_DELAY_MS, 0);
 }
 
 static void runner_reload(runner_t *runner)
@@ -189,9 +221,11 @@ static void runner_reload(runner_t *runner)
     }
     AM_INFO("main", "SIGHUP: applying the new config");
     am_service_shutdown(runner->service);
-    /* The old service's handles close on this loop; free it once they did.
-     * Its memory is small, so keep it until exit rather than track that. */
-    am_service_t *old = runner->service;
+    /* The old service's handles close on this loop over the next
+     * iterations (and the gRPC receiver lets in-flight streams finish), so it
+     * is freed later from a timer, never from inside this callback: libuv's
+     * loop must not be re-entered from a callback. */
+    retire_service(runner, runner->service);
     runner->service = fresh;
     int rc = am_service_start(fresh, runner->loop);
     if (rc != 0) {
@@ -199,9 +233,6 @@ static void runner_reload(runner_t *runner)
         runner->exit_code = 1;
         runner_stop(runner);
     }
-    /* Drain close callbacks of the old service before freeing it. */
-    uv_run(runner->loop, UV_RUN_NOWAIT);
-    am_service_free(old);
     am_free(runner->config_text);
     runner->config_text = text;
 }
@@ -236,6 +267,8 @@ static int cmd_run(cli_t *cli)
     uv_signal_init(runner.loop, &runner.sig_term);
     uv_signal_init(runner.loop, &runner.sig_int);
     uv_signal_init(runner.loop, &runner.sig_hup);
+    uv_timer_init(runner.loop, &runner.retire_timer);
+    runner.retire_timer.data = &runner;
     runner.sig_term.data = runner.sig_int.data = runner.sig_hup.data = &runner;
     uv_signal_start(&runner.sig_term, on_signal, SIGTERM);
     uv_signal_start(&runner.sig_int, on_signal, SIGINT);
@@ -249,6 +282,7 @@ static int cmd_run(cli_t *cli)
         runner_stop(&runner);
     }
     uv_run(runner.loop, UV_RUN_DEFAULT);
+    free_retired(&runner);
     am_service_free(runner.service);
     if (uv_loop_close(runner.loop) != 0) {
         /* A component left a handle open; close it so exit is clean. */

@@ -258,13 +258,25 @@ static am_status_t dispatcher_consume(am_consumer_t *self, am_batch_t *batch)
         status = AM_RETRY;
         goto done;
     }
+    /* All or nothing: a request refused in part would be resent whole by
+     * the client and its accepted spans priced twice.  Check every shard
+     * first; only this (main) thread adds to inboxes, so the answer holds. */
     for (int k = 0; k < n; k++) {
+        if (out[k] != NULL && !am_shard_has_room(am_shards_get(shards, k), out[k]->span_count)) {
+            status = AM_RETRY;
+        }
+    }
+    for (int k = 0; k < n && status == AM_OK; k++) {
         if (out[k] == NULL) {
             continue;
         }
         am_shard_t *shard = am_shards_get(shards, k);
         am_consumer_t *head = &pl->sharded[(size_t)k * n_sharded].consumer;
-        if (am_shard_post_batch(shard, head, out[k]) != AM_OK) {
+        if (am_shard_post_batch_reserved(shard, head, out[k]) != AM_OK) {
+            /* Only on allocation failure or a stopping shard; parts already
+             * posted stay posted (at-least-once). */
+            AM_WARN("service", "pipeline %s: a request was only partly handed to the shards",
+                    pl->id);
             status = AM_RETRY;
         }
     }

@@ -184,6 +184,32 @@ static int shard_push(am_shard_t *shard, shard_item_t *item, size_t spans, bool 
     return 0;
 }
 
+bool am_shard_has_room(am_shard_t *shard, size_t spans)
+{
+    uv_mutex_lock(&shard->lock);
+    bool room = !shard->stopping && !shard->stopped &&
+                (shard->queued_spans == 0 || shard->queued_spans + spans <= shard->max_queued_spans);
+    uv_mutex_unlock(&shard->lock);
+    return room;
+}
+
+am_status_t am_shard_post_batch_reserved(am_shard_t *shard, am_consumer_t *consumer,
+                                         am_batch_t *batch)
+{
+    shard_item_t *item = am_calloc(1, sizeof(*item));
+    if (item == NULL) {
+        return AM_RETRY;
+    }
+    item->consumer = consumer;
+    item->batch = am_batch_ref(batch);
+    if (shard_push(shard, item, batch->span_count, false) != 0) {
+        am_batch_unref(batch);
+        am_free(item);
+        return AM_RETRY;
+    }
+    return AM_OK;
+}
+
 am_status_t am_shard_post_batch(am_shard_t *shard, am_consumer_t *consumer, am_batch_t *batch)
 {
     shard_item_t *item = am_calloc(1, sizeof(*item));

@@ -34,6 +34,14 @@ am_shard_t *am_shard_current(void);
 /* Hand `batch` (a reference is taken) to `consumer` on the shard's thread.
  * AM_RETRY when the inbox is over its span bound or the shard stops. */
 am_status_t am_shard_post_batch(am_shard_t *shard, am_consumer_t *consumer, am_batch_t *batch);
+/* True when `spans` more fit under the inbox bound right now.  Only the
+ * thread that posts batches (the receivers' main thread) adds to inboxes, so
+ * a yes stays true until that thread posts. */
+bool am_shard_has_room(am_shard_t *shard, size_t spans);
+/* Post without the bound (after am_shard_has_room said yes for every part
+ * of a request, so a request is taken whole or refused whole). */
+am_status_t am_shard_post_batch_reserved(am_shard_t *shard, am_consumer_t *consumer,
+                                         am_batch_t *batch);
 /* Run fn(arg) on the shard's thread (never refused; for control work such
  * as shutdown and cross-shard hand-offs).  Returns AM_ESHUTDOWN once the
  * shard has stopped (fn is then not called). */
