@@ -787,6 +787,8 @@ size_t am__otlp_drop_invalid_spans(am_pb_export_req_t *req, char *msg, size_t ms
 
 /* ---- JSON pre-scan ---------------------------------------------------- */
 
+#define AM__OTLP_JSON_MAX_CONTAINERS 400000
+
 int am__otlp_json_prescan(const uint8_t *buf, size_t len, char *err, size_t err_size)
 {
     uint64_t containers = 0;
@@ -806,6 +808,17 @@ int am__otlp_json_prescan(const uint8_t *buf, size_t len, char *err, size_t err_
         } else if (c == '{' || c == '[') {
             containers++;
         }
+    }
+    /* json-c builds the whole document first, at ~800 bytes per object or
+     * array, outside the request arena: bound that transient memory too.
+     * 400,000 containers is ~20,000 richly attributed spans (~300 MiB
+     * peak); bigger batches should use protobuf, which decodes in place. */
+    if (containers > AM__OTLP_JSON_MAX_CONTAINERS) {
+        snprintf(err, err_size,
+                 "JSON body has %llu objects/arrays, more than %d: send smaller batches or "
+                 "use application/x-protobuf",
+                 (unsigned long long)containers, AM__OTLP_JSON_MAX_CONTAINERS);
+        return AM__GRPC_RESOURCE_EXHAUSTED;
     }
     uint64_t allowed = len / AM__OTLP_JSON_MIN_BYTES_PER_CONTAINER + 4096;
     if (containers > allowed) {
