@@ -14,11 +14,218 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* ---- the per-thread index of the attribute arrays in scope ----
+ *
+ * The cost processors read a span's attributes dozens of times (every
+ * alternative name of every §5 field); a linear scan with strcmp made that
+ * the largest CPU cost of the chain.  In a scope, each array of the span(s)
+ * and resource in scope gets an open-addressing table (key hash -> first
+ * KeyValue with that key), so a lookup is one hash and usually one strcmp. */
+
+#define IX_MIN_ATTRS 4   /* shorter arrays are scanned */
+#define IX_MAX_ATTRS 128 /* so are longer ones */
+#define IX_SLOTS 256     /* >= 2 * IX_MAX_ATTRS: load factor <= 1/2 */
+#define IX_GROW_SPARE 8  /* room left at the end of an array grown in a scope */
+#define IX_LAZY 2        /* lookups on an array that scan before it is indexed */
+
+typedef struct ix_slot {
+    const am_pb_keyvalue_t *kv; /* NULL: empty */
+    uint64_t hash;
+} ix_slot_t;
+
+typedef struct attr_ix {
+    am_pb_keyvalue_t *const *attrs; /* the array indexed; NULL: none */
+    size_t n;
+    size_t mask;
+    unsigned lookups; /* in this scope, before the index was built */
+    ix_slot_t slots[IX_SLOTS];
+} attr_ix_t;
+
+typedef struct attr_scope {
+    bool active;
+    const am_pb_span_t *span[2];
+    const am_pb_resource_t *resource;
+    attr_ix_t ix[3]; /* span[0], span[1], resource */
+    /* The array span_slot last grew in this scope, for that span, and its room. */
+    const am_pb_span_t *grown_span;
+    am_pb_keyvalue_t **grown;
+    size_t grown_cap;
+} attr_scope_t;
+
+static __thread attr_scope_t scope;
+
+static inline uint64_t load64(const char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+static inline uint64_t key_hash(const char *key)
+{
+    size_t len = strlen(key);
+    uint64_t h = (uint64_t)len * 0x9E3779B97F4A7C15ull;
+    if (len >= 8) {
+        h ^= load64(key);
+        h = (h ^ (h >> 29)) * 0xBF58476D1CE4E5B9ull;
+        h ^= load64(key + len - 8);
+        if (len > 16) {
+            h = (h ^ (h >> 32)) * 0x94D049BB133111EBull;
+            h ^= load64(key + len / 2 - 4);
+        }
+    } else {
+        for (size_t i = 0; i < len; i++) {
+            h = (h ^ (unsigned char)key[i]) * 0x100000001B3ull;
+        }
+    }
+    h = (h ^ (h >> 31)) * 0x94D049BB133111EBull;
+    return h ^ (h >> 29);
+}
+
+static void ix_insert(attr_ix_t *ix, const am_pb_keyvalue_t *kv)
+{
+    if (kv == NULL || kv->key == NULL) {
+        return;
+    }
+    uint64_t h = key_hash(kv->key);
+    for (size_t j = h & ix->mask;; j = (j + 1) & ix->mask) {
+        ix_slot_t *slot = &ix->slots[j];
+        if (slot->kv == NULL) {
+            slot->kv = kv;
+            slot->hash = h;
+            return;
+        }
+        if (slot->hash == h && strcmp(slot->kv->key, kv->key) == 0) {
+            return; /* the first KeyValue with a key wins, as in the scan */
+        }
+    }
+}
+
+static void ix_build(attr_ix_t *ix, am_pb_keyvalue_t *const *attrs, size_t n)
+{
+    size_t cap = 16;
+    while (cap < 2 * n) {
+        cap <<= 1;
+    }
+    memset(ix->slots, 0, cap * sizeof(ix->slots[0]));
+    ix->mask = cap - 1;
+    ix->attrs = attrs;
+    ix->n = n;
+    for (size_t i = 0; i < n; i++) {
+        ix_insert(ix, attrs[i]);
+    }
+}
+
+static am_pb_keyvalue_t *ix_find(const attr_ix_t *ix, const char *key)
+{
+    uint64_t h = key_hash(key);
+    for (size_t j = h & ix->mask;; j = (j + 1) & ix->mask) {
+        const ix_slot_t *slot = &ix->slots[j];
+        if (slot->kv == NULL) {
+            return NULL;
+        }
+        if (slot->hash == h && strcmp(slot->kv->key, key) == 0) {
+            return (am_pb_keyvalue_t *)slot->kv;
+        }
+    }
+}
+
+/* The index of `attrs` when it is an array in scope (built or rebuilt now if
+ * needed), else NULL: scan. */
+static attr_ix_t *index_for(am_pb_keyvalue_t *const *attrs, size_t n)
+{
+    if (!scope.active || attrs == NULL || n < IX_MIN_ATTRS || n > IX_MAX_ATTRS) {
+        return NULL;
+    }
+    for (int i = 0; i < 3; i++) {
+        am_pb_keyvalue_t *const *a;
+        size_t an;
+        if (i < 2) {
+            if (scope.span[i] == NULL) {
+                continue;
+            }
+            a = scope.span[i]->attributes;
+            an = scope.span[i]->n_attributes;
+        } else {
+            if (scope.resource == NULL) {
+                continue;
+            }
+            a = scope.resource->attributes;
+            an = scope.resource->n_attributes;
+        }
+        if (a == attrs && an == n) {
+            attr_ix_t *ix = &scope.ix[i];
+            if (ix->attrs != attrs || ix->n != n) {
+                /* a scan is cheaper than building for one or two lookups */
+                if (ix->lookups < IX_LAZY) {
+                    ix->lookups++;
+                    return NULL;
+                }
+                ix_build(ix, attrs, n);
+            }
+            return ix;
+        }
+    }
+    return NULL;
+}
+
+static void scope_reset(void)
+{
+    scope.active = false;
+    scope.span[0] = scope.span[1] = NULL;
+    scope.resource = NULL;
+    for (int i = 0; i < 3; i++) {
+        scope.ix[i].attrs = NULL;
+        scope.ix[i].n = 0;
+        scope.ix[i].lookups = 0;
+    }
+    scope.grown_span = NULL;
+    scope.grown = NULL;
+    scope.grown_cap = 0;
+}
+
+void am_attr_scope_begin(const am_pb_span_t *span, const am_pb_span_t *other,
+                         const am_pb_resource_t *resource)
+{
+    /* The scope replaced held `resource` too (alive until now, by contract):
+     * its index stays valid (rebuilt anyway if its array changed). */
+    bool keep = scope.active && resource != NULL && scope.resource == resource;
+    attr_ix_t kept = {0};
+    if (keep) {
+        kept.attrs = scope.ix[2].attrs;
+        kept.n = scope.ix[2].n;
+        kept.mask = scope.ix[2].mask;
+        kept.lookups = scope.ix[2].lookups;
+    }
+    scope_reset();
+    if (keep) {
+        scope.ix[2].attrs = kept.attrs;
+        scope.ix[2].n = kept.n;
+        scope.ix[2].mask = kept.mask;
+        scope.ix[2].lookups = kept.lookups;
+    }
+    scope.span[0] = span;
+    scope.span[1] = other;
+    scope.resource = resource;
+    scope.active = true;
+}
+
+void am_attr_scope_end(void)
+{
+    scope_reset();
+}
+
 const am_pb_anyvalue_t *am_attr_find(am_pb_keyvalue_t *const *attrs, size_t n_attrs,
                                      const char *key)
 {
+    attr_ix_t *ix = index_for(attrs, n_attrs);
+    if (ix != NULL) {
+        const am_pb_keyvalue_t *kv = ix_find(ix, key);
+        return kv != NULL ? kv->value : NULL;
+    }
     for (size_t i = 0; i < n_attrs; i++) {
-        if (attrs[i] != NULL && attrs[i]->key != NULL && strcmp(attrs[i]->key, key) == 0) {
+        if (attrs[i] != NULL && attrs[i]->key != NULL && attrs[i]->key[0] == key[0] &&
+            strcmp(attrs[i]->key, key) == 0) {
             return attrs[i]->value;
         }
     }
@@ -158,34 +365,67 @@ bool am_attr_first_int(const am_pb_span_t *span, const am_pb_resource_t *resourc
 /* The value slot for `key` on span: the existing one, or a new KeyValue. */
 static am_pb_anyvalue_t *span_slot(am_arena_t *arena, am_pb_span_t *span, const char *key)
 {
-    for (size_t i = 0; i < span->n_attributes; i++) {
-        am_pb_keyvalue_t *kv = span->attributes[i];
-        if (kv != NULL && kv->key != NULL && strcmp(kv->key, key) == 0) {
-            am_pb_anyvalue_t *value = am_arena_alloc(arena, sizeof(*value));
-            if (value == NULL) {
-                return NULL;
+    attr_ix_t *ix = index_for(span->attributes, span->n_attributes);
+    am_pb_keyvalue_t *found = NULL;
+    if (ix != NULL) {
+        found = ix_find(ix, key);
+    } else {
+        for (size_t i = 0; i < span->n_attributes; i++) {
+            am_pb_keyvalue_t *kv = span->attributes[i];
+            if (kv != NULL && kv->key != NULL && kv->key[0] == key[0] &&
+                strcmp(kv->key, key) == 0) {
+                found = kv;
+                break;
             }
-            opentelemetry__proto__common__v1__any_value__init(value);
-            kv->value = value;
-            return value;
         }
     }
-    am_pb_keyvalue_t **grown = am_arena_alloc(arena, (span->n_attributes + 1) * sizeof(*grown));
+    if (found != NULL) {
+        am_pb_anyvalue_t *value = am_arena_alloc(arena, sizeof(*value));
+        if (value == NULL) {
+            return NULL;
+        }
+        opentelemetry__proto__common__v1__any_value__init(value);
+        found->value = value;
+        return value;
+    }
+    size_t n = span->n_attributes;
+    /* In a scope, an array grown here keeps some room, so the next writes to
+     * the same span append instead of copying the array again (the slots past
+     * n_attributes belong to no one else). */
+    bool in_place = scope.active && scope.grown_span == span && scope.grown != NULL &&
+                    span->attributes == scope.grown && n < scope.grown_cap;
+    size_t cap = scope.active ? n + IX_GROW_SPARE : n + 1;
+    am_pb_keyvalue_t **grown =
+        in_place ? scope.grown : am_arena_alloc(arena, cap * sizeof(*grown));
     am_pb_keyvalue_t *kv = am_arena_alloc(arena, sizeof(*kv));
     am_pb_anyvalue_t *value = am_arena_alloc(arena, sizeof(*value));
     if (grown == NULL || kv == NULL || value == NULL) {
         return NULL;
     }
-    if (span->n_attributes > 0) {
-        memcpy(grown, span->attributes, span->n_attributes * sizeof(*grown));
+    if (!in_place && n > 0) {
+        memcpy(grown, span->attributes, n * sizeof(*grown));
+    }
+    if (!in_place && scope.active) {
+        scope.grown_span = span;
+        scope.grown = grown;
+        scope.grown_cap = cap;
     }
     opentelemetry__proto__common__v1__key_value__init(kv);
     opentelemetry__proto__common__v1__any_value__init(value);
     kv->key = (char *)key;
     kv->value = value;
-    grown[span->n_attributes] = kv;
+    grown[n] = kv;
     span->attributes = grown;
-    span->n_attributes++;
+    span->n_attributes = n + 1;
+    if (ix != NULL) {
+        if (n + 1 <= (ix->mask + 1) / 2) {
+            ix->attrs = grown;
+            ix->n = n + 1;
+            ix_insert(ix, kv);
+        } else {
+            ix->attrs = NULL; /* rebuilt, larger, on the next lookup */
+        }
+    }
     return value;
 }
 

@@ -35,6 +35,21 @@ const char *am_attr_first_str(const am_pb_span_t *span, const am_pb_resource_t *
 bool am_attr_first_int(const am_pb_span_t *span, const am_pb_resource_t *resource,
                        const char *const *keys, int64_t *out);
 
+/* Faster lookups on the span being processed.  Between
+ * am_attr_scope_begin(span, other, resource) and am_attr_scope_end(), on the
+ * calling thread, every read above (and the setters) on the attribute array
+ * of `span`, `other` (e.g. its parent) or `resource` uses a small hash index
+ * of that array, built on first use and rebuilt when the array changes,
+ * instead of a linear scan with strcmp.  Results are exactly those of the
+ * scan (the first attribute with the key wins).  Any argument may be NULL.
+ * The span(s) and the resource must stay alive, and their attribute arrays
+ * must change only through the setters below, until am_attr_scope_end().
+ * A scope does not nest: begin replaces the thread's scope (keeping the index
+ * of a resource both scopes name), end clears it. */
+void am_attr_scope_begin(const am_pb_span_t *span, const am_pb_span_t *other,
+                         const am_pb_resource_t *resource);
+void am_attr_scope_end(void);
+
 /* Setters on a span.  Return 0 or AM_ENOMEM. */
 int am_span_set_str(am_arena_t *arena, am_pb_span_t *span, const char *key, const char *value);
 int am_span_set_int(am_arena_t *arena, am_pb_span_t *span, const char *key, int64_t value);

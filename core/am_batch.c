@@ -4,6 +4,8 @@
  */
 #include "am_batch.h"
 
+#include "am_attr.h"
+
 #include "am_metrics.h"
 
 #include <string.h>
@@ -122,12 +124,16 @@ int am_batch_for_each_span(am_batch_t *batch, am_span_visit_fn fn, void *user_da
             am_trace_t *trace = &batch->trace_index[t];
             for (uint32_t i = 0; i < trace->n_spans; i++) {
                 am_span_ref_t *ref = &trace->spans[i];
+                /* replaces the previous span's scope, keeping the resource's index */
+                am_attr_scope_begin(ref->span, NULL, ref->resource);
                 int rc = fn(batch, ref->span, ref->resource, ref->scope, ref, user_data);
                 if (rc != 0) {
+                    am_attr_scope_end();
                     return rc;
                 }
             }
         }
+        am_attr_scope_end();
         return 0;
     }
     am_pb_export_req_t *req = batch->traces;
@@ -142,13 +148,16 @@ int am_batch_for_each_span(am_batch_t *batch, am_span_visit_fn fn, void *user_da
                 continue;
             }
             for (size_t i = 0; i < ss->n_spans; i++) {
+                am_attr_scope_begin(ss->spans[i], NULL, rs->resource);
                 int rc = fn(batch, ss->spans[i], rs->resource, ss->scope, NULL, user_data);
                 if (rc != 0) {
+                    am_attr_scope_end();
                     return rc;
                 }
             }
         }
     }
+    am_attr_scope_end();
     return 0;
 }
 

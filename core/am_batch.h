@@ -126,7 +126,8 @@ am_batch_t *am_batch_clone(am_batch_t *batch);
 
 /* Visit every span: through the trace index when present (ref non-NULL),
  * else through the OTLP view (ref NULL).  Stop early when fn returns non-0
- * and return that value. */
+ * and return that value.  Each call runs in an attribute scope of its span and
+ * resource (am_attr_scope_begin, am_attr.h). */
 typedef int (*am_span_visit_fn)(am_batch_t *batch, am_pb_span_t *span,
                                 am_pb_resource_t *resource, am_pb_scope_t *scope,
                                 am_span_ref_t *ref, void *user_data);

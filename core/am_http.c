@@ -18,11 +18,30 @@
  * Content-Length before any body is buffered and again while streaming
  * chunked bodies), a header timeout (slow-loris) and an idle timeout, and a
  * connection limit past which new connections are closed at once.
+ *
+ * TLS (opts.ssl_ctx set): OpenSSL never sees the socket.  Ciphertext read
+ * by libuv lands in one per-server buffer and is fed to the connection's
+ * read memory BIO at once; conn_process() pulls plaintext out with
+ * SSL_read into `inbuf` and the parser runs exactly as for plaintext.
+ * Whatever SSL produces (handshake records, alerts, encrypted responses,
+ * close_notify) collects in the write memory BIO and leaves in one
+ * uv_write per flush, in order.  Memory BIOs never block, so there is no
+ * WANT_WRITE dance.  Bounds carry over: the socket is only read while no
+ * request is in the handler (as before), the read BIO holds at most one
+ * socket read plus a partial record, and at most TLS_PLAIN_AHEAD bytes of
+ * plaintext are decrypted ahead of the parser; the rest waits inside SSL.
+ * The handshake must finish within header_timeout.  A failed handshake
+ * sends OpenSSL's alert and closes; a client speaking plain HTTP to the TLS
+ * port (its first byte is a letter, never a TLS record type) gets a
+ * plaintext 400 saying so, as nginx and Go do, instead of a bare reset.
+ * Graceful closes (Connection: close, idle timeout, server close) send
+ * close_notify first.
  */
 #include "am_http.h"
 
 #include <ctype.h>
 #include <http_parser.h>
+#include <openssl/err.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +49,11 @@
 #include "am_log.h"
 
 typedef struct http_conn http_conn_t;
+
+#define TLS_READ_BUF (64u << 10)     /* ciphertext per socket read */
+#define TLS_PLAIN_AHEAD (256u << 10) /* plaintext decrypted ahead of the parser */
+#define TLS_PLAIN_CHUNK (16u << 10)  /* one TLS record's worth of room */
+#define TLS_BACKLOG_MAX (1u << 20)   /* unsent non-response records (tls_unsent) */
 
 struct am_http_server {
     uv_tcp_t listener;
@@ -40,6 +64,7 @@ struct am_http_server {
     http_conn_t *conns; /* list, for close */
     bool closing;
     int port;
+    char *tls_in; /* TLS_READ_BUF of ciphertext, consumed within on_read */
 };
 
 struct http_conn {
@@ -60,12 +85,26 @@ struct http_conn {
     uv_shutdown_t shutdown_req;
     int error_status;         /* non-zero: answer this and close */
     int handles_open;
+    SSL *ssl;                 /* NULL: plaintext (owns both memory BIOs) */
+    bool tls_first_read;      /* the first ciphertext was looked at */
+    bool tls_handshake_done;
+    bool tls_peer_closed;     /* close_notify received */
+    bool tls_close_sent;      /* close_notify sent (or must not be: failed) */
+    size_t tls_unsent;        /* bytes of WRITE_TLS writes not completed */
 };
+
+/* What a finished write means for the connection. */
+typedef enum http_write_kind {
+    WRITE_RESPONSE, /* a response: next request, or linger when close_after */
+    WRITE_TLS,      /* handshake records, alerts, close_notify: nothing */
+} http_write_kind_t;
 
 typedef struct http_write {
     uv_write_t req;
     http_conn_t *conn;
     char *data;
+    size_t len;
+    http_write_kind_t kind;
     bool close_after;
 } http_write_t;
 
@@ -74,6 +113,8 @@ static void conn_process(http_conn_t *conn);
 static void conn_arm_timer(http_conn_t *conn, uint64_t timeout_ms);
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf);
+static int tls_flush(http_conn_t *conn);
+static void tls_send_close_notify(http_conn_t *conn, bool queued);
 
 int am_parse_endpoint(const char *endpoint, char *host, size_t host_size, int *port)
 {
@@ -337,14 +378,216 @@ static void on_linger_shutdown(uv_shutdown_t *req, int status)
     AM_UNUSED(status);
 }
 
+static void on_write_done(uv_write_t *wreq, int status);
+
+/* Put `data` (am_malloc'd; ownership passes, freed on every path) on the
+ * socket behind earlier writes.  0, or <0 when it could not be queued (the
+ * caller closes the connection). */
+static int conn_queue_write(http_conn_t *conn, char *data, size_t len, http_write_kind_t kind,
+                            bool close_after)
+{
+    http_write_t *write = am_calloc(1, sizeof(*write));
+    if (write == NULL || len > UINT32_MAX) {
+        am_free(write);
+        am_free(data);
+        return AM_ENOMEM;
+    }
+    write->conn = conn;
+    write->data = data;
+    write->len = len;
+    write->kind = kind;
+    write->close_after = close_after;
+    uv_buf_t buf = uv_buf_init(data, (unsigned)len);
+    if (uv_write(&write->req, (uv_stream_t *)&conn->tcp, &buf, 1, on_write_done) != 0) {
+        am_free(data);
+        am_free(write);
+        return AM_EIO;
+    }
+    if (kind == WRITE_TLS) {
+        conn->tls_unsent += len;
+    }
+    return 0;
+}
+
+/* ---- TLS over memory BIOs ------------------------------------------ */
+
+static void tls_error_text(char *out, size_t out_size)
+{
+    unsigned long code = ERR_get_error();
+    snprintf(out, out_size, "unknown error");
+    if (code != 0) {
+        ERR_error_string_n(code, out, out_size);
+    }
+    ERR_clear_error();
+}
+
+static int tls_conn_init(http_conn_t *conn, SSL_CTX *ctx)
+{
+    SSL *ssl = SSL_new(ctx);
+    BIO *rbio = BIO_new(BIO_s_mem());
+    BIO *wbio = BIO_new(BIO_s_mem());
+    if (ssl == NULL || rbio == NULL || wbio == NULL) {
+        BIO_free(rbio);
+        BIO_free(wbio);
+        SSL_free(ssl);
+        ERR_clear_error();
+        return AM_ENOMEM;
+    }
+    /* An empty read BIO means "retry when more arrives", not EOF. */
+    BIO_set_mem_eof_return(rbio, -1);
+    SSL_set_bio(ssl, rbio, wbio); /* the SSL owns both BIOs now */
+    SSL_set_accept_state(ssl);
+    conn->ssl = ssl;
+    return 0;
+}
+
+/* Plaintext in, ciphertext into the write BIO (never blocks). */
+static int tls_encrypt(http_conn_t *conn, const char *data, size_t len)
+{
+    while (len > 0) {
+        int rc = SSL_write(conn->ssl, data, (int)AM_MIN(len, (size_t)INT32_MAX));
+        if (rc <= 0) {
+            char why[256];
+            tls_error_text(why, sizeof(why));
+            AM_DEBUG("http", "%s: TLS write failed: %s", conn->server->endpoint, why);
+            return AM_EIO;
+        }
+        data += rc;
+        len -= (size_t)rc;
+    }
+    return 0;
+}
+
+/* Move every byte SSL produced into one write.  A response's write carries
+ * the response's completion (next request, or linger); anything else is
+ * WRITE_TLS.  0 or <0 (the caller closes). */
+static int tls_flush_as(http_conn_t *conn, http_write_kind_t kind, bool close_after)
+{
+    BIO *wbio = SSL_get_wbio(conn->ssl);
+    size_t pending = BIO_ctrl_pending(wbio);
+    if (pending == 0) {
+        return kind == WRITE_RESPONSE ? AM_EIO : 0;
+    }
+    if (pending > INT32_MAX) {
+        return AM_ERANGE;
+    }
+    /* Records no request asked for (tickets, key updates, alerts) are
+     * small; a client that makes SSL produce them and never reads is cut
+     * off rather than buffered for.  (Responses need no such bound: the
+     * next request is read only after the last response was written.) */
+    if (kind == WRITE_TLS && conn->tls_unsent + pending > TLS_BACKLOG_MAX) {
+        AM_DEBUG("http", "%s: client does not read its TLS records; closing",
+                 conn->server->endpoint);
+        return AM_ERANGE;
+    }
+    char *data = am_malloc(pending);
+    if (data == NULL) {
+        return AM_ENOMEM;
+    }
+    int got = BIO_read(wbio, data, (int)pending);
+    if (got <= 0) {
+        am_free(data);
+        return AM_EIO;
+    }
+    return conn_queue_write(conn, data, (size_t)got, kind, close_after);
+}
+
+static int tls_flush(http_conn_t *conn)
+{
+    return tls_flush_as(conn, WRITE_TLS, false);
+}
+
+/* Our close_notify: `queued` behind earlier writes (a graceful close,
+ * before uv_shutdown), or else tried once without waiting (a close that
+ * does not wait for the socket).  Never twice, never after a failed
+ * handshake (the alert said it all). */
+static void tls_send_close_notify(http_conn_t *conn, bool queued)
+{
+    if (conn->ssl == NULL || !conn->tls_handshake_done || conn->tls_close_sent) {
+        return;
+    }
+    conn->tls_close_sent = true;
+    SSL_shutdown(conn->ssl); /* 0: ours is in the write BIO */
+    ERR_clear_error();
+    if (queued) {
+        if (tls_flush(conn) != 0) {
+            conn_close(conn);
+        }
+        return;
+    }
+    char record[256];
+    int len = BIO_read(SSL_get_wbio(conn->ssl), record, sizeof(record));
+    if (len > 0) {
+        uv_buf_t buf = uv_buf_init(record, (unsigned)len);
+        uv_try_write((uv_stream_t *)&conn->tcp, &buf, 1);
+    }
+}
+
+/* Decrypt what SSL holds into inbuf until it has nothing more or
+ * TLS_PLAIN_AHEAD bytes wait for the parser (*more: stopped at that bound,
+ * SSL may hold more).  0, or <0 on a fatal TLS error.  A close_notify from
+ * the client sets tls_peer_closed. */
+static int tls_pull(http_conn_t *conn, bool *more)
+{
+    *more = false;
+    if (conn->tls_peer_closed) {
+        return 0;
+    }
+    if (conn->in_parsed > 0) {
+        /* The parser copies what it keeps; unparsed bytes move to the front. */
+        memmove(conn->inbuf, conn->inbuf + conn->in_parsed, conn->in_len - conn->in_parsed);
+        conn->in_len -= conn->in_parsed;
+        conn->in_parsed = 0;
+    }
+    while (conn->in_len < TLS_PLAIN_AHEAD) {
+        if (conn->in_cap - conn->in_len < TLS_PLAIN_CHUNK) {
+            size_t cap = conn->in_cap == 0 ? 65536 : conn->in_cap * 2;
+            char *grown = am_realloc(conn->inbuf, cap);
+            if (grown == NULL) {
+                AM_WARN("http", "out of memory reading request");
+                return AM_ENOMEM;
+            }
+            conn->inbuf = grown;
+            conn->in_cap = cap;
+        }
+        size_t room = AM_MIN(conn->in_cap - conn->in_len, (size_t)INT32_MAX);
+        int got = SSL_read(conn->ssl, conn->inbuf + conn->in_len, (int)room);
+        if (got > 0) {
+            conn->in_len += (size_t)got;
+            continue;
+        }
+        int reason = SSL_get_error(conn->ssl, got);
+        if (reason == SSL_ERROR_WANT_READ || reason == SSL_ERROR_WANT_WRITE) {
+            return 0;
+        }
+        if (reason == SSL_ERROR_ZERO_RETURN) {
+            conn->tls_peer_closed = true;
+            return 0;
+        }
+        char why[256];
+        tls_error_text(why, sizeof(why));
+        AM_DEBUG("http", "%s: TLS read failed: %s", conn->server->endpoint, why);
+        return AM_EIO;
+    }
+    *more = true;
+    return 0;
+}
+
 /* Lingering close (as nginx does): after answering an error while the
  * client may still be sending its body, half-close our side and discard
- * input for a moment, so the client reads our answer instead of a reset. */
+ * input for a moment, so the client reads our answer instead of a reset.
+ * Over TLS, close_notify goes out first (uv_shutdown waits for it). */
 static void conn_linger(http_conn_t *conn)
 {
     conn->lingering = true;
     conn->in_len = 0;
     conn->in_parsed = 0;
+    if (conn->ssl != NULL) {
+        tls_send_close_notify(conn, true);
+        if (conn->closing) {
+            return;
+        }
+    }
     if (uv_shutdown(&conn->shutdown_req, (uv_stream_t *)&conn->tcp, on_linger_shutdown) != 0) {
         conn_close(conn);
         return;
@@ -359,22 +602,32 @@ static void on_write_done(uv_write_t *wreq, int status)
 {
     http_write_t *write = (http_write_t *)wreq;
     http_conn_t *conn = write->conn;
-    bool close_after = write->close_after || status < 0;
+    http_write_kind_t kind = write->kind;
+    bool close_after = write->close_after;
+    if (kind == WRITE_TLS) {
+        conn->tls_unsent -= write->len;
+    }
     am_free(write->data);
     am_free(write);
     if (conn->closing) {
         return;
     }
+    if (status < 0) {
+        conn_close(conn);
+        return;
+    }
+    if (kind == WRITE_TLS) {
+        return;
+    }
     if (close_after) {
-        if (status < 0) {
-            conn_close(conn);
-        } else {
-            conn_linger(conn);
-        }
+        conn_linger(conn);
         return;
     }
     /* Ready for the next request on this connection. */
     conn_process(conn);
+    if (!conn->closing && conn->ssl != NULL && tls_flush(conn) != 0) {
+        conn_close(conn);
+    }
 }
 
 static void conn_write_response(http_conn_t *conn, int status, const char *content_type,
@@ -394,12 +647,9 @@ static void conn_write_response(http_conn_t *conn, int status, const char *conte
         conn_close(conn);
         return;
     }
-    http_write_t *write = am_calloc(1, sizeof(*write));
     size_t total = (size_t)head_len + extra_len + body_len;
     char *data = am_malloc(total);
-    if (write == NULL || data == NULL) {
-        am_free(write);
-        am_free(data);
+    if (data == NULL) {
         conn_close(conn);
         return;
     }
@@ -413,13 +663,17 @@ static void conn_write_response(http_conn_t *conn, int status, const char *conte
     if (body_len > 0) {
         memcpy(data + head_len + extra_len, body, body_len);
     }
-    write->conn = conn;
-    write->data = data;
-    write->close_after = close_after;
-    uv_buf_t buf = uv_buf_init(data, (unsigned)total);
-    if (uv_write(&write->req, (uv_stream_t *)&conn->tcp, &buf, 1, on_write_done) != 0) {
+    int rc;
+    if (conn->ssl != NULL) {
+        rc = tls_encrypt(conn, data, total);
         am_free(data);
-        am_free(write);
+        if (rc == 0) {
+            rc = tls_flush_as(conn, WRITE_RESPONSE, close_after);
+        }
+    } else {
+        rc = conn_queue_write(conn, data, total, WRITE_RESPONSE, close_after);
+    }
+    if (rc != 0) {
         conn_close(conn);
     }
 }
@@ -450,6 +704,13 @@ const char *am_http_header_get(const am_http_request_t *req, const char *lower_n
 static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
 {
     http_conn_t *conn = handle->data;
+    AM_UNUSED(suggested);
+    if (conn->ssl != NULL) {
+        /* Ciphertext goes straight into the read BIO within on_read. */
+        buf->base = conn->server->tls_in;
+        buf->len = TLS_READ_BUF;
+        return;
+    }
     if (conn->in_cap - conn->in_len < 16384) {
         size_t cap = conn->in_cap == 0 ? 65536 : conn->in_cap * 2;
         char *grown = am_realloc(conn->inbuf, cap);
@@ -476,39 +737,56 @@ static void answer_error_and_close(http_conn_t *conn, int status)
     conn_write_response(conn, status, "text/plain", NULL, body, (size_t)len, true);
 }
 
-/* Run the parser over unparsed input; dispatch a complete request. */
+/* Run the parser over unparsed input (over TLS: first decrypt what SSL
+ * holds, a bounded amount at a time); dispatch a complete request. */
 static void conn_process(http_conn_t *conn)
 {
-    if (conn->closing || conn->in_handler) {
-        return;
-    }
-    if (HTTP_PARSER_ERRNO(&conn->parser) == HPE_PAUSED) {
-        http_parser_pause(&conn->parser, 0);
-    }
-    size_t avail = conn->in_len - conn->in_parsed;
-    size_t parsed = http_parser_execute(&conn->parser, &parser_settings,
-                                        conn->inbuf + conn->in_parsed, avail);
-    conn->in_parsed += parsed;
-    enum http_errno err = HTTP_PARSER_ERRNO(&conn->parser);
-    if (conn->error_status != 0) {
-        answer_error_and_close(conn, conn->error_status);
-        return;
-    }
-    if (err != HPE_OK && err != HPE_PAUSED) {
-        answer_error_and_close(conn, 400);
-        return;
-    }
-    /* Compact the buffer once everything in it was consumed. */
-    if (conn->in_parsed == conn->in_len) {
-        conn->in_parsed = 0;
-        conn->in_len = 0;
-    }
-    if (err == HPE_PAUSED) {
-        /* A whole request: stop reading until it is answered. */
-        uv_read_stop((uv_stream_t *)&conn->tcp);
-        uv_timer_stop(&conn->timer);
-        conn->in_handler = true;
-        conn->server->opts.handler(conn->req);
+    bool more_plain;
+    do {
+        if (conn->closing || conn->in_handler) {
+            return;
+        }
+        more_plain = false;
+        if (conn->ssl != NULL && conn->tls_handshake_done && tls_pull(conn, &more_plain) != 0) {
+            conn_close(conn);
+            return;
+        }
+        if (HTTP_PARSER_ERRNO(&conn->parser) == HPE_PAUSED) {
+            http_parser_pause(&conn->parser, 0);
+        }
+        size_t avail = conn->in_len - conn->in_parsed;
+        if (avail > 0) { /* zero bytes would tell http-parser "EOF" */
+            size_t parsed = http_parser_execute(&conn->parser, &parser_settings,
+                                                conn->inbuf + conn->in_parsed, avail);
+            conn->in_parsed += parsed;
+        }
+        enum http_errno err = HTTP_PARSER_ERRNO(&conn->parser);
+        if (conn->error_status != 0) {
+            answer_error_and_close(conn, conn->error_status);
+            return;
+        }
+        if (err != HPE_OK && err != HPE_PAUSED) {
+            answer_error_and_close(conn, 400);
+            return;
+        }
+        /* Compact the buffer once everything in it was consumed. */
+        if (conn->in_parsed == conn->in_len) {
+            conn->in_parsed = 0;
+            conn->in_len = 0;
+        }
+        if (err == HPE_PAUSED) {
+            /* A whole request: stop reading until it is answered. */
+            uv_read_stop((uv_stream_t *)&conn->tcp);
+            uv_timer_stop(&conn->timer);
+            conn->in_handler = true;
+            conn->server->opts.handler(conn->req);
+            return;
+        }
+    } while (more_plain);
+    if (conn->tls_peer_closed) {
+        /* The client said it sends nothing more: answer in kind and go. */
+        tls_send_close_notify(conn, false);
+        conn_close(conn);
         return;
     }
     if (!uv_is_active((uv_handle_t *)&conn->tcp)) {
@@ -529,8 +807,12 @@ static void on_timeout(uv_timer_t *timer)
     if (conn->in_handler && !conn->lingering) {
         return; /* the handler owns the request; it will answer */
     }
-    AM_DEBUG("http", "closing connection: %s timeout",
-             conn->req != NULL ? "header" : "idle");
+    const char *what = conn->lingering                                  ? "linger"
+                       : conn->ssl != NULL && !conn->tls_handshake_done ? "TLS handshake"
+                       : conn->req != NULL                                ? "header"
+                                                                          : "idle";
+    AM_DEBUG("http", "closing connection: %s timeout", what);
+    tls_send_close_notify(conn, false);
     conn_close(conn);
 }
 
@@ -541,10 +823,75 @@ static void conn_arm_timer(http_conn_t *conn, uint64_t timeout_ms)
     }
 }
 
+/* A client speaking plain HTTP to the TLS port: say so in plain HTTP
+ * rather than leave it with a reset (its first byte starts a method name;
+ * a TLS record starts with a content type, 20..24). */
+static void tls_refuse_plaintext(http_conn_t *conn)
+{
+    static const char body[] = "Client sent an HTTP request to an HTTPS server.\n";
+    AM_DEBUG("http", "%s: plain HTTP on the TLS port, answering 400", conn->server->endpoint);
+    SSL_free(conn->ssl);
+    conn->ssl = NULL;
+    uv_read_stop((uv_stream_t *)&conn->tcp);
+    uv_timer_stop(&conn->timer);
+    conn_write_response(conn, 400, "text/plain", NULL, body, sizeof(body) - 1, true);
+}
+
+static void tls_handshake_failed(http_conn_t *conn)
+{
+    char why[256];
+    tls_error_text(why, sizeof(why));
+    AM_DEBUG("http", "%s: TLS handshake failed: %s", conn->server->endpoint, why);
+    conn->tls_close_sent = true; /* the alert closes the session */
+    uv_read_stop((uv_stream_t *)&conn->tcp);
+    if (tls_flush(conn) != 0) { /* the alert, if OpenSSL made one */
+        conn_close(conn);
+        return;
+    }
+    conn_linger(conn);
+}
+
+static void tls_on_read(http_conn_t *conn, const char *data, size_t len)
+{
+    if (!conn->tls_first_read) {
+        conn->tls_first_read = true;
+        if (data[0] >= 'A' && data[0] <= 'Z') {
+            tls_refuse_plaintext(conn);
+            return;
+        }
+    }
+    if (BIO_write(SSL_get_rbio(conn->ssl), data, (int)len) != (int)len) {
+        ERR_clear_error();
+        conn_close(conn);
+        return;
+    }
+    if (!conn->tls_handshake_done) {
+        int rc = SSL_do_handshake(conn->ssl);
+        if (rc != 1) {
+            int reason = SSL_get_error(conn->ssl, rc);
+            if (reason != SSL_ERROR_WANT_READ && reason != SSL_ERROR_WANT_WRITE) {
+                tls_handshake_failed(conn);
+                return;
+            }
+            if (tls_flush(conn) != 0) {
+                conn_close(conn);
+            }
+            return;
+        }
+        conn->tls_handshake_done = true;
+        uv_timer_stop(&conn->timer); /* conn_process arms the idle timer */
+    }
+    conn_process(conn);
+    /* Records SSL made while reading (the handshake's last flight, session
+     * tickets) and no response carried out. */
+    if (!conn->closing && conn->ssl != NULL && tls_flush(conn) != 0) {
+        conn_close(conn);
+    }
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     http_conn_t *conn = stream->data;
-    AM_UNUSED(buf);
     if (nread < 0 || buf->base == NULL) {
         if (nread != UV_EOF && buf->base == NULL) {
             AM_WARN("http", "out of memory reading request");
@@ -552,11 +899,22 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         conn_close(conn);
         return;
     }
-    if (conn->lingering) {
-        return; /* discard: in_len stays 0 */
+    if (conn->lingering || nread == 0) {
+        return; /* lingering: discard, in_len stays 0; 0: EAGAIN */
+    }
+    if (conn->ssl != NULL) {
+        tls_on_read(conn, buf->base, (size_t)nread);
+        return;
     }
     conn->in_len += (size_t)nread;
     conn_process(conn);
+}
+
+static void server_free(am_http_server_t *server)
+{
+    am_free(server->tls_in);
+    am_free(server->endpoint);
+    am_free(server);
 }
 
 static void on_handle_closed(uv_handle_t *handle)
@@ -567,12 +925,14 @@ static void on_handle_closed(uv_handle_t *handle)
     }
     am_http_server_t *server = conn->server;
     request_free(conn->req);
+    if (conn->ssl != NULL) {
+        SSL_free(conn->ssl);
+    }
     am_free(conn->inbuf);
     am_free(conn);
     server->n_conns--;
     if (server->closing && server->n_conns == 0 && server->listener.data == NULL) {
-        am_free(server->endpoint);
-        am_free(server);
+        server_free(server);
     }
 }
 
@@ -645,7 +1005,16 @@ static void on_connection(uv_stream_t *listener, int status)
     uv_tcp_nodelay(&conn->tcp, 1);
     http_parser_init(&conn->parser, HTTP_REQUEST);
     conn->parser.data = conn;
-    conn_arm_timer(conn, server->opts.idle_timeout_ms);
+    if (server->opts.ssl_ctx != NULL) {
+        if (tls_conn_init(conn, server->opts.ssl_ctx) != 0) {
+            conn_close(conn);
+            return;
+        }
+        /* The handshake is part of the request head: same deadline. */
+        conn_arm_timer(conn, server->opts.header_timeout_ms);
+    } else {
+        conn_arm_timer(conn, server->opts.idle_timeout_ms);
+    }
     uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read);
 }
 
@@ -673,6 +1042,14 @@ int am_http_server_start(uv_loop_t *loop, const am_http_server_opts_t *opts,
     if (server->endpoint == NULL) {
         am_free(server);
         return AM_ENOMEM;
+    }
+    if (opts->ssl_ctx != NULL) {
+        server->tls_in = am_malloc(TLS_READ_BUF);
+        if (server->tls_in == NULL) {
+            am_free(server->endpoint);
+            am_free(server);
+            return AM_ENOMEM;
+        }
     }
     server->loop = loop;
     server->opts = *opts;
@@ -712,6 +1089,15 @@ int am_http_server_start(uv_loop_t *loop, const am_http_server_opts_t *opts,
     return 0;
 }
 
+int am_http_server_set_ssl_ctx(am_http_server_t *server, SSL_CTX *ssl_ctx)
+{
+    if ((server->opts.ssl_ctx == NULL) != (ssl_ctx == NULL)) {
+        return AM_EINVAL;
+    }
+    server->opts.ssl_ctx = ssl_ctx;
+    return 0;
+}
+
 int am_http_server_port(const am_http_server_t *server)
 {
     return server->port;
@@ -722,8 +1108,7 @@ static void on_listener_closed(uv_handle_t *handle)
     am_http_server_t *server = handle->data;
     server->listener.data = NULL;
     if (server->n_conns == 0) {
-        am_free(server->endpoint);
-        am_free(server);
+        server_free(server);
     }
 }
 
@@ -740,6 +1125,7 @@ void am_http_server_close(am_http_server_t *server)
     while (conn != NULL) {
         http_conn_t *next = conn->next;
         if (!conn->in_handler) {
+            tls_send_close_notify(conn, false);
             conn_close(conn);
         }
         conn = next;

@@ -11,10 +11,15 @@
  * connection dies (then `on_abort`, if set, is called and the handler must
  * forget it).  Keep-alive is supported; requests on one connection are
  * answered in order (the next is not read until the previous is answered).
+ *
+ * TLS is optional and per server: give an SSL_CTX in the options and every
+ * connection runs through its own SSL object over memory BIOs (libuv keeps
+ * the socket).  The handler sees the same decrypted requests either way.
  */
 #ifndef AM_HTTP_H
 #define AM_HTTP_H
 
+#include <openssl/ssl.h>
 #include <uv.h>
 
 #include "am_common.h"
@@ -52,6 +57,14 @@ typedef struct am_http_server_opts {
     size_t max_connections;     /* default 1024: further accepts are closed */
     am_http_handler_fn handler;
     void *user_data;
+    /* NULL: plaintext HTTP.  Otherwise HTTPS: each connection gets an SSL
+     * from this context; certificate, key, client verification, minimum
+     * version and ALPN are all the context's settings.  The caller owns
+     * the context: the server never frees it, and the caller keeps it
+     * alive until am_http_server_close() returned or
+     * am_http_server_set_ssl_ctx() replaced it.  Open connections hold
+     * their own reference (SSL_new), so freeing it then is safe. */
+    SSL_CTX *ssl_ctx;
 } am_http_server_opts_t;
 
 typedef struct am_http_server am_http_server_t;
@@ -62,6 +75,12 @@ typedef struct am_http_server am_http_server_t;
 int am_http_server_start(uv_loop_t *loop, const am_http_server_opts_t *opts,
                          am_http_server_t **out);
 void am_http_server_close(am_http_server_t *server);
+/* New connections use `ssl_ctx` from now on (certificate reload on
+ * SIGHUP); open ones keep theirs.  Ownership as for opts.ssl_ctx: the old
+ * context may be freed by the caller once this returns.  A server is TLS or
+ * plaintext for its whole life: switching between NULL and a context is
+ * refused with AM_EINVAL.  Loop thread only. */
+int am_http_server_set_ssl_ctx(am_http_server_t *server, SSL_CTX *ssl_ctx);
 /* The bound port (useful with port 0 in tests). */
 int am_http_server_port(const am_http_server_t *server);
 

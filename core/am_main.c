@@ -13,6 +13,7 @@
  * running one keeps going; an unchanged config just reloads rate cards and
  * certificates in place.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -220,6 +221,7 @@ static void runner_reload(runner_t *runner)
         return;
     }
     AM_INFO("main", "SIGHUP: applying the new config");
+    am_service_set_reload_successor(runner->service, fresh);
     am_service_shutdown(runner->service);
     /* The old service's handles close on this loop over the next
      * iterations (and the gRPC receiver lets in-flight streams finish), so it
@@ -380,6 +382,9 @@ int main(int argc, char **argv)
 {
     cli_t cli = {0};
     setvbuf(stdout, NULL, _IOLBF, 0);
+    /* A peer that resets a connection must cost an EPIPE, not the process:
+     * libuv writes with write(2) and does not ignore SIGPIPE itself. */
+    signal(SIGPIPE, SIG_IGN);
     if (argc > 1 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0)) {
         printf("agentmeter %s\n", AM_VERSION);
         return 0;

@@ -101,6 +101,7 @@ struct am_service {
     bool ready;
     bool shut;
     am_counter_t *refused_queue_full;
+    am_service_t *reload_successor;
 };
 
 /* ---- service telemetry options --------------------------------------- */
@@ -1055,6 +1056,26 @@ int am_service_add_route(am_service_t *service, const char *path_prefix,
     route->next = service->routes;
     service->routes = route;
     return 0;
+}
+
+void am_service_set_reload_successor(am_service_t *old, am_service_t *successor)
+{
+    old->reload_successor = successor;
+}
+
+am_service_t *am_service_reload_successor(const am_service_t *service)
+{
+    return service->reload_successor;
+}
+
+bool am_service_uses(const am_service_t *service, const char *section, const char *id)
+{
+    for (comp_node_t *node = service->nodes; node != NULL; node = node->next) {
+        if (node->used && strcmp(node->section, section) == 0 && strcmp(node->id, id) == 0) {
+            return true;
+        }
+    }
+    return false;
 }
 
 struct am_shards *am_service_shards(am_service_t *service)

@@ -52,6 +52,15 @@ bool am_service_ready(const am_service_t *service);
  * thread.  A prefix registered twice keeps the first handler. */
 int am_service_add_route(am_service_t *service, const char *path_prefix,
                          am_http_handler_fn handler, void *user_data);
+/* Config reload: before shutting `old` down, the SIGHUP path names the
+ * service that replaces it, so stateful components can hand their state over
+ * instead of closing it (sessions).  NULL when the shutdown is the end of
+ * the process. */
+void am_service_set_reload_successor(am_service_t *old, am_service_t *successor);
+am_service_t *am_service_reload_successor(const am_service_t *service);
+/* Does the service run component `id` of `section` ("processors", ...) in a
+ * pipeline? */
+bool am_service_uses(const am_service_t *service, const char *section, const char *id);
 /* The shard set (NULL when no pipeline has sharded processors). */
 struct am_shards *am_service_shards(am_service_t *service);
 

@@ -1,8 +1,13 @@
 /*
  * am_shard.c - see am_shard.h.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* pthread_setname_np */
+#endif
 #include "am_shard.h"
 
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -89,6 +94,9 @@ static void shard_main(void *arg)
 {
     am_shard_t *shard = arg;
     current_shard = shard;
+    char name[16]; /* the kernel keeps 15 characters */
+    snprintf(name, sizeof(name), "am-shard-%d", shard->index);
+    pthread_setname_np(pthread_self(), name);
     uv_sem_post(&shard->started);
     uv_run(&shard->loop, UV_RUN_DEFAULT);
     /* Components closed their handles in shutdown; close whatever is left

@@ -594,14 +594,17 @@ static void check_loops(anomaly_inst_t *inst, am_batch_t *batch, am_trace_t *tra
     const char *session = NULL;
     for (uint32_t i = 0; i < trace->n_spans; i++) {
         am_span_ref_t *ref = &trace->spans[i];
+        am_attr_scope_begin(ref->span, NULL, ref->resource);
         if (session == NULL) {
             session = am_attr_first_str(ref->span, ref->resource, session_keys);
         }
         const char *tool = am_attr_first_str(ref->span, ref->resource, tool_keys);
+        const char *args =
+            tool != NULL ? am_attr_first_str(ref->span, ref->resource, args_keys) : NULL;
+        am_attr_scope_end();
         if (tool == NULL) {
             continue;
         }
-        const char *args = am_attr_first_str(ref->span, ref->resource, args_keys);
         uint64_t hash = fnv1a(args != NULL ? args : "", args != NULL ? strlen(args) : 0);
         size_t j = 0;
         while (j < n && !(entries[j].hash == hash && strcmp(entries[j].tool, tool) == 0)) {

@@ -37,6 +37,31 @@
  * after every owner has drained.  At start the file is read once per group
  * and each instance takes the keys it owns.  A corrupt file is reported,
  * renamed to <file>.corrupt-<unix seconds> and ignored.
+ *
+ * Config reload (SIGHUP with a changed config builds a new service, shuts
+ * the old one down, then starts the new one, whose instances are created
+ * at start): groups are keyed by (service, id), so the new service gets new
+ * groups.  When the last instance of a group shuts down, every owner
+ * snapshots its keys exactly as for state_file and the joined state text
+ * goes into a process-global handoff slot keyed by the processor id
+ * ("budget", "budget/team"), under a mutex.  The first start of a group of
+ * that id in this process takes the slot.  Budgets emit nothing at
+ * shutdown, so this is done at every shutdown: a final one leaves a slot
+ * nobody takes, freed at exit.  Source of truth: a readable state_file when
+ * one is configured (the old group just wrote it), else the handoff.
+ *
+ * A changed definition (the state records each budget's type, window, limit
+ * and thresholds under "defs"): keys of budget names that no longer exist
+ * are dropped; a budget whose type or window changed starts from zero (its
+ * old amounts are in other units or windows); otherwise the spend is kept.
+ * A threshold counts as already reported only when the limit is unchanged
+ * and the old definition had crossed the same fraction: with a new limit
+ * every threshold the kept spend reaches is new and is reported once, on
+ * the key's next spend.  State without "defs" (older files) is kept as is.
+ *
+ * Keys: "<budget>\x1f<key>" is built at its full length (on the stack when
+ * short, else on the heap), so long scope values never share a budget; the
+ * HTTP API decodes keys of any length too.
  */
 #include <errno.h>
 #include <json-c/json.h>
@@ -64,6 +89,7 @@
 #define STATE_VERSION 1
 #define NS_PER_MS UINT64_C(1000000)
 #define NS_PER_S UINT64_C(1000000000)
+#define KEY_BUF 256 /* keys up to this fit on the stack; longer ones use the heap */
 
 static const char *const session_keys[] = {"session.id", "gen_ai.conversation.id",
                                            "langfuse.session.id",
@@ -553,6 +579,7 @@ typedef struct group {
     char **snaps;
     bool state_loaded;
     json_object *loaded;
+    json_object *loaded_defs; /* "defs" of the loaded state (NULL: none) */
     uint64_t last_write_ns;
     bool route_added;
     am__budget_clock_fn api_clock;
@@ -562,6 +589,82 @@ typedef struct group {
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static group_t *registry;
+
+/* ---- reload handoff: state text per processor id, process-global ------------ */
+
+typedef struct handoff {
+    char *id;
+    char *text;
+    struct handoff *next;
+} handoff_t;
+
+static pthread_mutex_t handoff_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t handoff_once = PTHREAD_ONCE_INIT;
+static handoff_t *handoffs;
+
+static void handoff_free_all(void)
+{
+    pthread_mutex_lock(&handoff_lock);
+    while (handoffs != NULL) {
+        handoff_t *h = handoffs;
+        handoffs = h->next;
+        am_free(h->id);
+        am_free(h->text);
+        am_free(h);
+    }
+    pthread_mutex_unlock(&handoff_lock);
+}
+
+static void handoff_register_exit(void)
+{
+    atexit(handoff_free_all);
+}
+
+/* Store `text` (taken over) as the state of processor `id`, replacing any. */
+static void handoff_put(const char *id, char *text)
+{
+    pthread_once(&handoff_once, handoff_register_exit);
+    pthread_mutex_lock(&handoff_lock);
+    handoff_t *h = handoffs;
+    while (h != NULL && strcmp(h->id, id) != 0) {
+        h = h->next;
+    }
+    if (h == NULL && (h = am_calloc(1, sizeof(*h))) != NULL) {
+        if ((h->id = am_strdup(id)) == NULL) {
+            am_free(h);
+            h = NULL;
+        } else {
+            h->next = handoffs;
+            handoffs = h;
+        }
+    }
+    if (h != NULL) {
+        am_free(h->text);
+        h->text = text;
+    } else {
+        am_free(text);
+    }
+    pthread_mutex_unlock(&handoff_lock);
+}
+
+/* Take the state of processor `id` (caller frees); NULL when none. */
+static char *handoff_take(const char *id)
+{
+    char *text = NULL;
+    pthread_mutex_lock(&handoff_lock);
+    for (handoff_t **p = &handoffs; *p != NULL; p = &(*p)->next) {
+        if (strcmp((*p)->id, id) == 0) {
+            handoff_t *h = *p;
+            *p = h->next;
+            text = h->text;
+            am_free(h->id);
+            am_free(h);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&handoff_lock);
+    return text;
+}
 
 struct budget_inst {
     char *id;
@@ -651,6 +754,9 @@ static void group_release(group_t *g)
     if (g->loaded != NULL) {
         json_object_put(g->loaded);
     }
+    if (g->loaded_defs != NULL) {
+        json_object_put(g->loaded_defs);
+    }
     budgets_free(g->budgets, g->n_budgets);
     pthread_rwlock_destroy(&g->pub_lock);
     pthread_mutex_destroy(&g->lock);
@@ -676,15 +782,41 @@ static void run_on(group_t *g, int shard, am_shard_fn fn, void *arg, bool wait)
     }
 }
 
-static void pub_key(char *buf, size_t size, size_t budget, const char *key)
+/* "<prefix>\x1f<key>" at its full length: in buf[size] when it fits, else
+ * on the heap.  Release with key_done().  NULL when out of memory. */
+static char *key_join(char *buf, size_t size, const char *prefix, const char *key)
 {
-    snprintf(buf, size, "%zu\x1f%s", budget, key);
+    size_t plen = strlen(prefix), klen = strlen(key);
+    char *out = plen + klen + 2 <= size ? buf : am_malloc(plen + klen + 2);
+    if (out != NULL) {
+        memcpy(out, prefix, plen);
+        out[plen] = '\x1f';
+        memcpy(out + plen + 1, key, klen + 1);
+    }
+    return out;
+}
+
+static void key_done(char *k, const char *buf)
+{
+    if (k != buf) {
+        am_free(k);
+    }
+}
+
+static char *pub_key(char *buf, size_t size, size_t budget, const char *key)
+{
+    char num[24];
+    snprintf(num, sizeof(num), "%zu", budget);
+    return key_join(buf, size, num, key);
 }
 
 static void publish(group_t *g, const bstate_t *st, status_t status, uint64_t ws, uint64_t we)
 {
-    char k[1024];
-    pub_key(k, sizeof(k), st->budget, st->key);
+    char buf[KEY_BUF];
+    char *k = pub_key(buf, sizeof(buf), st->budget, st->key);
+    if (k == NULL) {
+        return;
+    }
     pthread_rwlock_wrlock(&g->pub_lock);
     pub_t *pub = smap_get(&g->pub, k);
     if (pub == NULL) {
@@ -693,6 +825,7 @@ static void publish(group_t *g, const bstate_t *st, status_t status, uint64_t ws
             smap_put(&g->pub, k, pub) != 0) {
             pub_free(pub);
             pthread_rwlock_unlock(&g->pub_lock);
+            key_done(k, buf);
             return;
         }
         pub->budget = st->budget;
@@ -703,22 +836,30 @@ static void publish(group_t *g, const bstate_t *st, status_t status, uint64_t ws
     pub->window_end = we;
     memcpy(pub->currency, st->currency, sizeof(pub->currency));
     pthread_rwlock_unlock(&g->pub_lock);
+    key_done(k, buf);
 }
 
 static void unpublish(group_t *g, const bstate_t *st)
 {
-    char k[1024];
-    pub_key(k, sizeof(k), st->budget, st->key);
+    char buf[KEY_BUF];
+    char *k = pub_key(buf, sizeof(buf), st->budget, st->key);
+    if (k == NULL) {
+        return;
+    }
     pthread_rwlock_wrlock(&g->pub_lock);
     pub_free(smap_remove(&g->pub, k));
     pthread_rwlock_unlock(&g->pub_lock);
+    key_done(k, buf);
 }
 
 /* The published status of (budget, key) as it stands at `now`. */
 static status_t read_status(group_t *g, size_t budget, const char *key, uint64_t now)
 {
-    char k[1024];
-    pub_key(k, sizeof(k), budget, key);
+    char buf[KEY_BUF];
+    char *k = pub_key(buf, sizeof(buf), budget, key);
+    if (k == NULL) {
+        return ST_OK;
+    }
     status_t status = ST_OK;
     pthread_rwlock_rdlock(&g->pub_lock);
     const pub_t *pub = smap_get(&g->pub, k);
@@ -727,6 +868,7 @@ static status_t read_status(group_t *g, size_t budget, const char *key, uint64_t
         status = pub->status;
     }
     pthread_rwlock_unlock(&g->pub_lock);
+    key_done(k, buf);
     return status;
 }
 
@@ -848,26 +990,31 @@ typedef struct spend_msg {
     char trace_id[33];
 } spend_msg_t;
 
-static void state_key(char *buf, size_t size, const budget_t *b, const char *key)
+static char *state_key(char *buf, size_t size, const budget_t *b, const char *key)
 {
-    snprintf(buf, size, "%s\x1f%s", b->name, key);
+    return key_join(buf, size, b->name, key);
 }
 
 static bstate_t *state_get(budget_inst_t *inst, size_t budget, const char *key, bool create)
 {
-    char k[1024];
-    state_key(k, sizeof(k), &inst->group->budgets[budget], key);
+    char buf[KEY_BUF];
+    char *k = state_key(buf, sizeof(buf), &inst->group->budgets[budget], key);
+    if (k == NULL) {
+        return NULL;
+    }
     bstate_t *st = smap_get(&inst->states, k);
     if (st == NULL && create) {
         st = am_calloc(1, sizeof(*st));
         if (st == NULL || (st->key = am_strdup(key)) == NULL ||
             smap_put(&inst->states, k, st) != 0) {
             bstate_free(st);
-            return NULL;
+            st = NULL;
+        } else {
+            st->budget = budget;
+            snprintf(st->currency, sizeof(st->currency), "USD");
         }
-        st->budget = budget;
-        snprintf(st->currency, sizeof(st->currency), "USD");
     }
+    key_done(k, buf);
     return st;
 }
 
@@ -1079,6 +1226,8 @@ static void process_trace(budget_inst_t *inst, am_batch_t *batch, am_trace_t *tr
         size_t n_keys = 0;
         for (uint32_t i = 0; i < trace->n_spans; i++) {
             am_span_ref_t *ref = &trace->spans[i];
+            /* replaces the previous span's scope; ended after the loop */
+            am_attr_scope_begin(ref->span, NULL, ref->resource);
             const char *key = span_key(b, ref, trace_hex);
             if (key == NULL) {
                 continue;
@@ -1107,6 +1256,7 @@ static void process_trace(budget_inst_t *inst, am_batch_t *batch, am_trace_t *tr
                 mark_span(marks, i, keys[k].status, b->name);
             }
         }
+        am_attr_scope_end();
         if (b->window == W_TRACE) {
             eval_trace_window(inst, batch, trace, bi, keys, n_keys, trace_hex, marks, now);
             continue;
@@ -1115,9 +1265,13 @@ static void process_trace(budget_inst_t *inst, am_batch_t *batch, am_trace_t *tr
             if (keys[k].amount == 0) {
                 continue;
             }
-            char sk[1024];
-            state_key(sk, sizeof(sk), b, keys[k].key);
+            char buf[KEY_BUF];
+            char *sk = state_key(buf, sizeof(buf), b, keys[k].key);
+            if (sk == NULL) {
+                continue;
+            }
             int owner = am_shard_for_key(sk, g->n_shards);
+            key_done(sk, buf);
             spend_msg_t *msg = am_calloc(1, sizeof(*msg));
             if (msg == NULL || (msg->key = am_strdup(keys[k].key)) == NULL ||
                 g->insts[owner] == NULL) {
@@ -1285,22 +1439,38 @@ static int render(group_t *g, const char *path, char **body, size_t *len)
     if (slash == NULL || slash[1] == '\0') {
         return error_body("expected /v1/budgets/{name}/{key}", body, len, 404);
     }
-    char name[256], key[1024];
-    url_decode(rest, (size_t)(slash - rest), name, sizeof(name));
-    url_decode(slash + 1, strlen(slash + 1), key, sizeof(key));
+    /* Decoded text is never longer than the encoded one. */
+    size_t name_len = (size_t)(slash - rest), key_len = strlen(slash + 1);
+    char *name = am_malloc(name_len + 1), *key = am_malloc(key_len + 1);
+    if (name == NULL || key == NULL) {
+        am_free(name);
+        am_free(key);
+        *body = NULL;
+        return 500;
+    }
+    url_decode(rest, name_len, name, name_len + 1);
+    url_decode(slash + 1, key_len, key, key_len + 1);
     size_t bi = 0;
     while (bi < g->n_budgets && strcmp(g->budgets[bi].name, name) != 0) {
         bi++;
     }
+    am_free(name);
     if (bi == g->n_budgets) {
+        am_free(key);
         return error_body("unknown budget", body, len, 404);
     }
-    char k[1024 + 32];
-    pub_key(k, sizeof(k), bi, key);
+    char buf[KEY_BUF];
+    char *k = pub_key(buf, sizeof(buf), bi, key);
+    am_free(key);
+    if (k == NULL) {
+        *body = NULL;
+        return 500;
+    }
     pthread_rwlock_rdlock(&g->pub_lock);
     const pub_t *pub = smap_get(&g->pub, k);
     json_object *o = pub != NULL ? api_entry(g, &g->budgets[bi], pub, now) : NULL;
     pthread_rwlock_unlock(&g->pub_lock);
+    key_done(k, buf);
     if (o == NULL) {
         return error_body("unknown key for this budget", body, len, 404);
     }
@@ -1390,17 +1560,43 @@ static void snapshot_own(budget_inst_t *inst)
     pthread_mutex_unlock(&g->lock);
 }
 
-static void write_state(group_t *g, const char *path)
+/* The definitions the state was kept under: {name: {type, window, limit,
+ * thresholds}}, so a later config can tell which amounts still apply. */
+static json_object *defs_json(const group_t *g)
 {
+    json_object *defs = json_object_new_object();
+    for (size_t bi = 0; bi < g->n_budgets; bi++) {
+        const budget_t *b = &g->budgets[bi];
+        json_object *d = json_object_new_object();
+        json_object_object_add(d, "type", json_object_new_string(b->tokens ? "tokens" : "cost"));
+        json_object_object_add(d, "window", json_object_new_string(b->window_text));
+        json_object_object_add(d, "limit", json_object_new_int64(b->limit));
+        json_object *thr = json_object_new_array();
+        for (size_t t = 0; t < b->n_thresholds; t++) {
+            json_object_array_add(thr, json_fraction(b->thresholds[t]));
+        }
+        json_object_object_add(d, "thresholds", thr);
+        json_object_object_add(defs, b->name, d);
+    }
+    return defs;
+}
+
+/* The joined state of every instance's last snapshot (malloc'd), the text
+ * of state_file and of the reload handoff. */
+static char *state_text(group_t *g, size_t *used_out)
+{
+    json_object *defs = defs_json(g);
+    const char *defs_text = json_object_to_json_string_ext(defs, JSON_C_TO_STRING_PLAIN);
     pthread_mutex_lock(&g->lock);
-    size_t len = 64;
+    size_t len = 64 + strlen(defs_text);
     for (int i = 0; i < g->n_shards; i++) {
         len += g->snaps[i] != NULL ? strlen(g->snaps[i]) + 1 : 0;
     }
     char *text = am_malloc(len);
     size_t used = 0;
     if (text != NULL) {
-        used = (size_t)snprintf(text, len, "{\"version\":%d,\"budgets\":[", STATE_VERSION);
+        used = (size_t)snprintf(text, len, "{\"version\":%d,\"defs\":%s,\"budgets\":[",
+                                STATE_VERSION, defs_text);
         bool first = true;
         for (int i = 0; i < g->n_shards; i++) {
             if (g->snaps[i] != NULL && g->snaps[i][0] != '\0') {
@@ -1412,6 +1608,15 @@ static void write_state(group_t *g, const char *path)
         used += (size_t)snprintf(text + used, len - used, "]}\n");
     }
     pthread_mutex_unlock(&g->lock);
+    json_object_put(defs);
+    *used_out = used;
+    return text;
+}
+
+static void write_state(group_t *g, const char *path)
+{
+    size_t used = 0;
+    char *text = state_text(g, &used);
     if (text == NULL) {
         return;
     }
@@ -1437,24 +1642,47 @@ static void write_state(group_t *g, const char *path)
     am_free(text);
 }
 
-static void load_state_once(budget_inst_t *inst)
+/* Parse a state text into g->loaded / g->loaded_defs.  Caller holds g->lock.
+ * false when the text is not a valid state. */
+static bool parse_state(group_t *g, const char *data)
 {
-    group_t *g = inst->group;
-    const char *path = inst->cfg->state_file;
-    pthread_mutex_lock(&g->lock);
-    if (g->state_loaded) {
-        pthread_mutex_unlock(&g->lock);
-        return;
+    enum json_tokener_error jerr;
+    json_object *root = json_tokener_parse_verbose(data, &jerr), *list = NULL, *defs = NULL;
+    bool valid = root != NULL && json_object_is_type(root, json_type_object) &&
+                 jint(root, "version") == STATE_VERSION &&
+                 json_object_object_get_ex(root, "budgets", &list) &&
+                 json_object_is_type(list, json_type_array);
+    for (size_t i = 0; valid && i < json_object_array_length(list); i++) {
+        json_object *o = json_object_array_get_idx(list, i);
+        const char *spent = jstr(o, "spent");
+        char *end = NULL;
+        valid = json_object_is_type(o, json_type_object) && jstr(o, "budget") != NULL &&
+                jstr(o, "key") != NULL && spent != NULL &&
+                (strtoll(spent, &end, 10), end != NULL && *end == '\0' && end != spent);
     }
-    g->state_loaded = true;
+    if (valid) {
+        g->loaded = json_object_get(list);
+        if (json_object_object_get_ex(root, "defs", &defs) &&
+            json_object_is_type(defs, json_type_object)) {
+            g->loaded_defs = json_object_get(defs);
+        }
+    }
+    if (root != NULL) {
+        json_object_put(root);
+    }
+    return valid;
+}
+
+/* Read state_file into g->loaded.  Caller holds g->lock.  true when the file
+ * existed and was valid (a corrupt one is renamed aside). */
+static bool load_state_file(budget_inst_t *inst, const char *path)
+{
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
-        int err = errno;
-        pthread_mutex_unlock(&g->lock);
-        if (err != ENOENT) {
-            AM_WARN(COMP, "%s: cannot read state file %s: %s", inst->id, path, strerror(err));
+        if (errno != ENOENT) {
+            AM_WARN(COMP, "%s: cannot read state file %s: %s", inst->id, path, strerror(errno));
         }
-        return;
+        return false;
     }
     char *data = NULL;
     size_t len = 0, cap = 0;
@@ -1474,25 +1702,12 @@ static void load_state_once(budget_inst_t *inst)
         }
     }
     fclose(f);
-    json_object *root = NULL, *list = NULL;
+    bool valid = false;
     if (data != NULL) {
         data[len] = '\0';
-        enum json_tokener_error jerr;
-        root = json_tokener_parse_verbose(data, &jerr);
+        valid = parse_state(inst->group, data);
     }
     am_free(data);
-    bool valid = root != NULL && json_object_is_type(root, json_type_object) &&
-                 jint(root, "version") == STATE_VERSION &&
-                 json_object_object_get_ex(root, "budgets", &list) &&
-                 json_object_is_type(list, json_type_array);
-    for (size_t i = 0; valid && i < json_object_array_length(list); i++) {
-        json_object *o = json_object_array_get_idx(list, i);
-        const char *spent = jstr(o, "spent");
-        char *end = NULL;
-        valid = json_object_is_type(o, json_type_object) && jstr(o, "budget") != NULL &&
-                jstr(o, "key") != NULL && spent != NULL &&
-                (strtoll(spent, &end, 10), end != NULL && *end == '\0' && end != spent);
-    }
     if (!valid) {
         char aside[4096];
         snprintf(aside, sizeof(aside), "%s.corrupt-%llu", path,
@@ -1500,15 +1715,63 @@ static void load_state_once(budget_inst_t *inst)
         int moved = rename(path, aside);
         AM_ERROR(COMP, "%s: state file %s is corrupt; ignored%s%s", inst->id, path,
                  moved == 0 ? " and renamed to " : "", moved == 0 ? aside : "");
-        if (root != NULL) {
-            json_object_put(root);
-        }
+    }
+    return valid;
+}
+
+/* Once per group, at start: the state to continue from.  A readable
+ * state_file wins; else the handoff of a config reload, if any. */
+static void load_state_once(budget_inst_t *inst)
+{
+    group_t *g = inst->group;
+    const char *path = inst->cfg->state_file;
+    pthread_mutex_lock(&g->lock);
+    if (g->state_loaded) {
         pthread_mutex_unlock(&g->lock);
         return;
     }
-    g->loaded = json_object_get(list);
-    json_object_put(root);
+    g->state_loaded = true;
+    char *handoff = handoff_take(g->id);
+    bool from_file = path != NULL && path[0] != '\0' && load_state_file(inst, path);
+    if (!from_file && handoff != NULL) {
+        if (!parse_state(g, handoff)) {
+            AM_ERROR(COMP, "%s: reload handoff state is malformed; ignored", inst->id);
+        }
+    }
+    am_free(handoff);
     pthread_mutex_unlock(&g->lock);
+}
+
+/* Do amounts kept under the old definition `def` count for `b`?  Not when
+ * the type (units) or the window changed. */
+static bool def_compatible(const budget_t *b, json_object *def)
+{
+    const char *type = jstr(def, "type");
+    const char *window = jstr(def, "window");
+    return (type == NULL || strcmp(type, b->tokens ? "tokens" : "cost") == 0) &&
+           (window == NULL || strcmp(window, b->window_text) == 0);
+}
+
+/* The thresholds of `b` already reported under the old definition `def`:
+ * the same fraction of the same limit. */
+static uint32_t remap_crossed(const budget_t *b, json_object *def, uint32_t crossed)
+{
+    json_object *thr;
+    if (jint(def, "limit") != b->limit || !json_object_object_get_ex(def, "thresholds", &thr) ||
+        !json_object_is_type(thr, json_type_array)) {
+        return 0;
+    }
+    uint32_t out = 0;
+    size_t n_old = json_object_array_length(thr);
+    for (size_t t = 0; t < b->n_thresholds; t++) {
+        for (size_t j = 0; j < n_old && j < 32; j++) {
+            double old = json_object_get_double(json_object_array_get_idx(thr, j));
+            if ((crossed & (1u << j)) != 0 && fabs(old - b->thresholds[t]) < 1e-9) {
+                out |= 1u << t;
+            }
+        }
+    }
+    return out;
 }
 
 static void restore_own(budget_inst_t *inst)
@@ -1516,11 +1779,15 @@ static void restore_own(budget_inst_t *inst)
     group_t *g = inst->group;
     pthread_mutex_lock(&g->lock);
     json_object *arr = g->loaded != NULL ? json_object_get(g->loaded) : NULL;
+    json_object *defs = g->loaded_defs != NULL ? json_object_get(g->loaded_defs) : NULL;
     pthread_mutex_unlock(&g->lock);
     if (arr == NULL) {
+        if (defs != NULL) {
+            json_object_put(defs);
+        }
         return;
     }
-    size_t restored = 0;
+    size_t restored = 0, dropped = 0;
     for (size_t i = 0; i < json_object_array_length(arr); i++) {
         json_object *o = json_object_array_get_idx(arr, i);
         const char *name = jstr(o, "budget");
@@ -1533,9 +1800,21 @@ static void restore_own(budget_inst_t *inst)
             continue; /* a budget no longer configured */
         }
         const budget_t *b = &g->budgets[bi];
-        char sk[1024];
-        state_key(sk, sizeof(sk), b, key);
-        if (am_shard_for_key(sk, g->n_shards) != inst->shard) {
+        char buf[KEY_BUF];
+        char *sk = state_key(buf, sizeof(buf), b, key);
+        if (sk == NULL) {
+            continue;
+        }
+        int owner = am_shard_for_key(sk, g->n_shards);
+        key_done(sk, buf);
+        if (owner != inst->shard) {
+            continue;
+        }
+        json_object *def = NULL;
+        bool def_known = defs != NULL && json_object_object_get_ex(defs, name, &def) &&
+                         json_object_is_type(def, json_type_object);
+        if (def_known && !def_compatible(b, def)) {
+            dropped++;
             continue;
         }
         bstate_t *st = state_get(inst, bi, key, true);
@@ -1547,6 +1826,9 @@ static void restore_own(budget_inst_t *inst)
         st->last_spend_ns = (uint64_t)jint(o, "last_spend");
         st->spent = strtoll(jstr(o, "spent"), NULL, 10);
         st->crossed = (uint32_t)jint(o, "crossed");
+        if (def_known) {
+            st->crossed = remap_crossed(b, def, st->crossed);
+        }
         const char *cur = jstr(o, "currency");
         snprintf(st->currency, sizeof(st->currency), "%s", cur != NULL ? cur : "USD");
         json_object *bk;
@@ -1564,13 +1846,26 @@ static void restore_own(budget_inst_t *inst)
         } else if (b->window == W_ROLLING) {
             we = st->last_spend_ns;
         }
-        publish(g, st, state_status(b, st), ws, we);
+        status_t status = state_status(b, st);
+        if (status == ST_OK && b->n_thresholds > 0 && st->spent >= b->thr_amount[0]) {
+            status = ST_WARNING; /* a changed limit: reported on the next spend */
+        }
+        publish(g, st, status, ws, we);
         restored++;
     }
     json_object_put(arr);
+    if (defs != NULL) {
+        json_object_put(defs);
+    }
     if (restored > 0) {
         AM_INFO(COMP, "%s: restored %zu budget key(s) on shard %d", inst->id, restored,
                 inst->shard);
+    }
+    if (dropped > 0) {
+        AM_WARN(COMP,
+                "%s: %zu budget key(s) start from zero on shard %d: the type or window "
+                "of their budget changed",
+                inst->id, dropped, inst->shard);
     }
 }
 
@@ -1665,10 +1960,8 @@ static int budget_start(void *instance)
 {
     budget_inst_t *inst = instance;
     group_t *g = inst->group;
-    if (inst->cfg->state_file != NULL && inst->cfg->state_file[0] != '\0') {
-        load_state_once(inst);
-        restore_own(inst);
-    }
+    load_state_once(inst); /* state_file, else a reload handoff */
+    restore_own(inst);
     if (inst->shard == 0 && inst->service != NULL && !g->route_added) {
         /* start() runs while the main thread waits for it (am_shard_call),
          * so adding the route here does not race with the telemetry loop. */
@@ -1722,7 +2015,7 @@ static void budget_shutdown(void *instance)
     }
     bool last = ++g->n_shut >= created;
     pthread_mutex_unlock(&registry_lock);
-    if (!last || inst->cfg->state_file == NULL || inst->cfg->state_file[0] == '\0') {
+    if (!last) {
         return;
     }
     for (int i = 0; i < g->n_shards; i++) {
@@ -1730,7 +2023,17 @@ static void budget_shutdown(void *instance)
             run_on(g, i, final_snapshot, g->insts[i], true);
         }
     }
-    write_state(g, inst->cfg->state_file);
+    if (inst->cfg->state_file != NULL && inst->cfg->state_file[0] != '\0') {
+        write_state(g, inst->cfg->state_file);
+    }
+    /* For a config reload: the next group of this id continues from here. */
+    size_t len = 0;
+    char *text = state_text(g, &len);
+    if (text != NULL) {
+        handoff_put(g->id, text);
+    } else {
+        AM_ERROR(COMP, "%s: out of memory: budget state not kept for a config reload", inst->id);
+    }
 }
 
 static void budget_destroy(void *instance)

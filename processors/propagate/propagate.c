@@ -199,6 +199,7 @@ static void visit_span(walk_ctx_t *ctx, const am_span_ref_t *ref, const am_pb_sp
 {
     am_pb_span_t *span = ref->span;
     bool overwrite = ctx->prop->overwrite;
+    am_attr_scope_begin(span, parent, ref->resource);
     for (size_t f = 0; f < AM_ARRAY_SIZE(canonical_fields); f++) {
         const char *const *keys = canonical_fields[f];
         if (span_value(span, keys[0]) != NULL) {
@@ -249,6 +250,7 @@ static void visit_span(walk_ctx_t *ctx, const am_span_ref_t *ref, const am_pb_sp
             }
         }
     }
+    am_attr_scope_end();
 }
 
 /* Pre-order over the subtree of `top` with the parent links.  Returns the

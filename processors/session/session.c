@@ -46,6 +46,23 @@
  * every state_interval and at shutdown instead of being closed there, and
  * read back at start, so a restart continues them.  A corrupt file is
  * reported, renamed to <file>.corrupt-<unix seconds> and ignored.
+ *
+ * Config reload (SIGHUP with a changed config builds - parses and
+ * validates - a new service, shuts the old one down, then starts the new
+ * one, whose instances are created at start): groups are keyed by (service,
+ * id), so the new service gets new groups.  Shutdown must tell a reload
+ * (keep the sessions open) from the end of the process (close them with a
+ * summary): the service says so (am_service_reload_successor(): the service
+ * that replaces this one, set by the SIGHUP path before the old service is
+ * shut down).  When the successor also runs a session processor with this
+ * id, open sessions are not closed: every owner snapshots them exactly as
+ * for state_file and the joined text goes into a process-global handoff slot
+ * keyed by the processor id, under a mutex.  The first start of a group of
+ * that id takes the slot and continues the sessions with their running
+ * totals, idle clocks and hand-off counts.  A readable state_file, when
+ * configured, is the source of truth (the old group just wrote it); the
+ * handoff covers reloads without one.  Otherwise shutdown closes sessions
+ * with their summaries.  Slots never taken are freed at exit.
  */
 #include <errno.h>
 #include <json-c/json.h>
@@ -55,6 +72,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "am_attr.h"
@@ -603,11 +621,99 @@ typedef struct group {
     bool state_loaded;
     json_object *loaded; /* sessions array read from state_file */
     uint64_t last_write_ns;
+    uint64_t seq; /* creation order (see reload marks) */
+    bool persist; /* final flush keeps sessions (state_file or reload) */
     struct group *next;
 } group_t;
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static group_t *registry;
+
+/* ---- reload handoff: state text per processor id, process-global ------- */
+
+typedef struct state_handoff {
+    char *id;
+    char *text;
+    struct state_handoff *next;
+} state_handoff_t;
+
+static pthread_mutex_t handoff_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t handoff_once = PTHREAD_ONCE_INIT;
+static state_handoff_t *handoffs;
+static uint64_t mark_seq;
+
+static void handoff_free_all(void)
+{
+    pthread_mutex_lock(&handoff_lock);
+    while (handoffs != NULL) {
+        state_handoff_t *h = handoffs;
+        handoffs = h->next;
+        am_free(h->id);
+        am_free(h->text);
+        am_free(h);
+    }
+    pthread_mutex_unlock(&handoff_lock);
+}
+
+static void handoff_register_exit(void)
+{
+    atexit(handoff_free_all);
+}
+
+/* Store `text` (taken over) as the state of processor `id`, replacing any. */
+static void handoff_put(const char *id, char *text)
+{
+    pthread_once(&handoff_once, handoff_register_exit);
+    pthread_mutex_lock(&handoff_lock);
+    state_handoff_t *h = handoffs;
+    while (h != NULL && strcmp(h->id, id) != 0) {
+        h = h->next;
+    }
+    if (h == NULL && (h = am_calloc(1, sizeof(*h))) != NULL) {
+        if ((h->id = am_strdup(id)) == NULL) {
+            am_free(h);
+            h = NULL;
+        } else {
+            h->next = handoffs;
+            handoffs = h;
+        }
+    }
+    if (h != NULL) {
+        am_free(h->text);
+        h->text = text;
+    } else {
+        am_free(text);
+    }
+    pthread_mutex_unlock(&handoff_lock);
+}
+
+/* The next number of the order in which marks and groups appear. */
+static uint64_t seq_next(void)
+{
+    pthread_mutex_lock(&handoff_lock);
+    uint64_t seq = ++mark_seq;
+    pthread_mutex_unlock(&handoff_lock);
+    return seq;
+}
+
+/* Take the state of processor `id` (caller frees); NULL when none. */
+static char *handoff_take(const char *id)
+{
+    char *text = NULL;
+    pthread_mutex_lock(&handoff_lock);
+    for (state_handoff_t **p = &handoffs; *p != NULL; p = &(*p)->next) {
+        if (strcmp((*p)->id, id) == 0) {
+            state_handoff_t *h = *p;
+            *p = h->next;
+            text = h->text;
+            am_free(h->id);
+            am_free(h);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&handoff_lock);
+    return text;
+}
 
 struct session_inst {
     char *id;
@@ -666,6 +772,7 @@ static group_t *group_acquire(const void *service, const char *id, int n_shards)
                 g = NULL;
             } else {
                 pthread_mutex_init(&g->lock, NULL);
+                g->seq = seq_next();
                 g->next = registry;
                 registry = g;
             }
@@ -1184,19 +1291,18 @@ static void process_trace(session_inst_t *inst, am_batch_t *batch, am_trace_t *t
         if (ref->span == NULL) {
             continue;
         }
+        am_attr_scope_begin(ref->span, NULL, ref->resource);
         const action_t *action =
             action_match(inst->actions, inst->n_actions, ref->span, ref->resource);
         if (action != NULL) {
             am_span_set_str(batch->arena, ref->span, "cost.action", action->name);
         }
         const char *key = am_attr_first_str(ref->span, ref->resource, session_keys);
-        if (key == NULL) {
-            continue;
-        }
-        sess_t *s = trace_sum_for(inst, sums, &n_sums, key);
+        sess_t *s = key != NULL ? trace_sum_for(inst, sums, &n_sums, key) : NULL;
         if (s != NULL) {
             summarise_span(inst, s, ref, action);
         }
+        am_attr_scope_end();
     }
     bool late = (trace->flags & AM_SPANREF_LATE) != 0;
     am_money_t run_total[MAX_KEYS_PER_TRACE];
@@ -1429,8 +1535,9 @@ static int write_file_atomic(const char *path, const char *data, size_t len)
     return rc;
 }
 
-/* Join every instance's snapshot and write the file. */
-static void write_state(group_t *g, const char *path)
+/* Join every instance's snapshot (malloc'd text, *used_out bytes): the text
+ * of state_file and of the reload handoff. */
+static char *state_text(group_t *g, size_t *used_out)
 {
     pthread_mutex_lock(&g->lock);
     size_t len = 64;
@@ -1450,32 +1557,52 @@ static void write_state(group_t *g, const char *path)
             first = false;
         }
         used += (size_t)snprintf(text + used, len - used, "]}\n");
-        pthread_mutex_unlock(&g->lock);
-        write_file_atomic(path, text, used);
-        am_free(text);
-        return;
+        *used_out = used;
     }
     pthread_mutex_unlock(&g->lock);
+    return text;
 }
 
-/* Once per group: read the state file into g->loaded (or set it aside). */
-static void load_state_once(session_inst_t *inst)
+/* Join every instance's snapshot and write the file. */
+static void write_state(group_t *g, const char *path)
 {
-    group_t *g = inst->group;
-    const char *path = inst->cfg->state_file;
-    pthread_mutex_lock(&g->lock);
-    if (g->state_loaded) {
-        pthread_mutex_unlock(&g->lock);
-        return;
+    size_t used = 0;
+    char *text = state_text(g, &used);
+    if (text != NULL) {
+        write_file_atomic(path, text, used);
+        am_free(text);
     }
-    g->state_loaded = true;
+}
+
+/* Parse a state text into g->loaded.  Caller holds g->lock.  false when
+ * the text is not a valid state. */
+static bool parse_state(group_t *g, const char *data)
+{
+    enum json_tokener_error jerr;
+    json_object *root = json_tokener_parse_verbose(data, &jerr), *sessions = NULL;
+    bool valid = root != NULL && json_object_is_type(root, json_type_object) &&
+                 jint(root, "version") == STATE_VERSION &&
+                 json_object_object_get_ex(root, "sessions", &sessions) &&
+                 json_object_is_type(sessions, json_type_array);
+    if (valid) {
+        g->loaded = json_object_get(sessions);
+    }
+    if (root != NULL) {
+        json_object_put(root);
+    }
+    return valid;
+}
+
+/* Read state_file into g->loaded (or set a corrupt one aside).  Caller holds
+ * g->lock.  true when the file existed and was valid. */
+static bool load_state_file(session_inst_t *inst, const char *path)
+{
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
-        pthread_mutex_unlock(&g->lock);
         if (errno != ENOENT) {
             AM_WARN(COMP, "%s: cannot read state file %s: %s", inst->id, path, strerror(errno));
         }
-        return;
+        return false;
     }
     char *data = NULL;
     size_t len = 0, cap = 0;
@@ -1495,17 +1622,12 @@ static void load_state_once(session_inst_t *inst)
         }
     }
     fclose(f);
-    json_object *root = NULL, *sessions = NULL;
+    bool valid = false;
     if (data != NULL) {
         data[len] = '\0';
-        enum json_tokener_error jerr;
-        root = json_tokener_parse_verbose(data, &jerr);
+        valid = parse_state(inst->group, data);
     }
     am_free(data);
-    bool valid = root != NULL && json_object_is_type(root, json_type_object) &&
-                 jint(root, "version") == STATE_VERSION &&
-                 json_object_object_get_ex(root, "sessions", &sessions) &&
-                 json_object_is_type(sessions, json_type_array);
     if (!valid) {
         char aside[4096];
         snprintf(aside, sizeof(aside), "%s.corrupt-%llu", path,
@@ -1513,14 +1635,30 @@ static void load_state_once(session_inst_t *inst)
         int moved = rename(path, aside);
         AM_ERROR(COMP, "%s: state file %s is corrupt; ignored%s%s", inst->id, path,
                  moved == 0 ? " and renamed to " : "", moved == 0 ? aside : "");
-        if (root != NULL) {
-            json_object_put(root);
-        }
+    }
+    return valid;
+}
+
+/* Once per group, at start: the sessions to continue.  A readable
+ * state_file wins; else the handoff of a config reload, if any. */
+static void load_state_once(session_inst_t *inst)
+{
+    group_t *g = inst->group;
+    const char *path = inst->cfg->state_file;
+    pthread_mutex_lock(&g->lock);
+    if (g->state_loaded) {
         pthread_mutex_unlock(&g->lock);
         return;
     }
-    g->loaded = json_object_get(sessions);
-    json_object_put(root);
+    g->state_loaded = true;
+    char *handoff = handoff_take(g->id);
+    bool from_file = path != NULL && path[0] != '\0' && load_state_file(inst, path);
+    if (!from_file && handoff != NULL) {
+        if (!parse_state(g, handoff)) {
+            AM_ERROR(COMP, "%s: reload handoff state is malformed; ignored", inst->id);
+        }
+    }
+    am_free(handoff);
     pthread_mutex_unlock(&g->lock);
 }
 
@@ -1653,10 +1791,8 @@ static void session_validate(const void *config, const void *node, const char *p
 static int session_start(void *instance)
 {
     session_inst_t *inst = instance;
-    if (inst->cfg->state_file != NULL && inst->cfg->state_file[0] != '\0') {
-        load_state_once(inst);
-        restore_own(inst);
-    }
+    load_state_once(inst); /* state_file, else a reload handoff */
+    restore_own(inst);
     if (inst->loop != NULL) {
         inst->timer = am_malloc(sizeof(*inst->timer));
         if (inst->timer == NULL) {
@@ -1678,7 +1814,7 @@ static void timer_closed(uv_handle_t *handle)
 static void final_flush(void *arg)
 {
     session_inst_t *inst = arg;
-    if (inst->cfg->state_file != NULL && inst->cfg->state_file[0] != '\0') {
+    if (inst->group->persist) {
         snapshot_own(inst);
         return;
     }
@@ -1713,6 +1849,12 @@ static void session_shutdown(void *instance)
     if (!last) {
         return;
     }
+    /* A config reload whose new service runs this processor too. */
+    am_service_t *next_service =
+        g->service != NULL ? am_service_reload_successor((am_service_t *)g->service) : NULL;
+    bool successor = next_service != NULL && am_service_uses(next_service, "processors", g->id);
+    bool file = inst->cfg->state_file != NULL && inst->cfg->state_file[0] != '\0';
+    g->persist = file || successor;
     /* Every tracetree has flushed: hand-offs still queued on the owners run
      * before these calls (FIFO). */
     for (int i = 0; i < g->n_shards; i++) {
@@ -1720,8 +1862,19 @@ static void session_shutdown(void *instance)
             run_on(g, i, final_flush, g->insts[i], true);
         }
     }
-    if (inst->cfg->state_file != NULL && inst->cfg->state_file[0] != '\0') {
+    if (file) {
         write_state(g, inst->cfg->state_file);
+    }
+    if (successor) {
+        size_t len = 0;
+        char *text = state_text(g, &len);
+        if (text != NULL) {
+            AM_INFO(COMP, "%s: config reload: open sessions stay open for the new config",
+                    inst->id);
+            handoff_put(g->id, text);
+        } else {
+            AM_ERROR(COMP, "%s: out of memory: open sessions lost in the config reload", inst->id);
+        }
     }
 }
 

@@ -130,7 +130,7 @@ const am_option_t am__otlp_http_options[] = {
     {.name = "tls",
      .type = AM_OPT_SECTION,
      .offset = offsetof(am__otlp_http_cfg_t, tls),
-     .doc = "TLS for OTLP/HTTP (not supported yet: the HTTP server has no TLS)",
+     .doc = "serve HTTPS (ALPN http/1.1) instead of cleartext HTTP",
      .sub = tls_options},
     {.name = "auth",
      .type = AM_OPT_SECTION,
@@ -240,12 +240,7 @@ static void otlp_validate(const void *config, const void *node, const char *pref
             am_errors_add(errs, at, "%s.max_request_body_size_mib must be between 1 and 1024",
                           where);
         }
-        if (http->tls.set) {
-            am_errors_add(errs, at,
-                          "%s.tls: TLS is not supported for OTLP/HTTP yet (core's HTTP server "
-                          "has no TLS); use protocols.grpc.tls or terminate TLS in front",
-                          where);
-        }
+        validate_tls(&http->tls, at, where, errs);
         validate_auth(&http->auth, at, where, errs);
     }
     if (protocols->grpc.set && protocols->http.set && protocols->grpc.endpoint != NULL &&
@@ -472,6 +467,9 @@ static void otlp_free(am__otlp_receiver_t *rcv)
     if (rcv->grpc_tls != NULL) {
         SSL_CTX_free(rcv->grpc_tls);
     }
+    if (rcv->http_tls != NULL) {
+        SSL_CTX_free(rcv->http_tls);
+    }
     am_free(rcv->grpc_cfg.endpoint);
     free_tls(&rcv->grpc_cfg.tls);
     free_auth(&rcv->grpc_cfg.auth);
@@ -580,6 +578,35 @@ static void otlp_shutdown(void *instance)
     }
 }
 
+/* Both transports' contexts from their tls sections (NULL where TLS is
+ * off).  Used at start and on SIGHUP.  false (logged) when a section is set
+ * but its files do not make a context; both outputs are NULL then. */
+static bool tls_contexts_new(am__otlp_receiver_t *rcv, SSL_CTX **grpc, SSL_CTX **http)
+{
+    char err[512];
+    *grpc = NULL;
+    *http = NULL;
+    if (rcv->grpc != NULL && rcv->grpc->tls.set) {
+        *grpc = am__otlp_tls_ctx_new(&rcv->grpc->tls, AM__OTLP_ALPN_H2, err, sizeof(err));
+        if (*grpc == NULL) {
+            AM_ERROR(COMPONENT, "%s: protocols.grpc.tls: %s", rcv->id, err);
+            return false;
+        }
+    }
+    if (rcv->http != NULL && rcv->http->tls.set) {
+        *http = am__otlp_tls_ctx_new(&rcv->http->tls, AM__OTLP_ALPN_HTTP1, err, sizeof(err));
+        if (*http == NULL) {
+            AM_ERROR(COMPONENT, "%s: protocols.http.tls: %s", rcv->id, err);
+            if (*grpc != NULL) {
+                SSL_CTX_free(*grpc);
+                *grpc = NULL;
+            }
+            return false;
+        }
+    }
+    return true;
+}
+
 static int otlp_start(void *instance)
 {
     am__otlp_receiver_t *rcv = instance;
@@ -587,15 +614,22 @@ static int otlp_start(void *instance)
     if (rcv->started) {
         return 0;
     }
+    /* Contexts first: a bad certificate fails the start before any port
+     * is bound. */
+    SSL_CTX *grpc_tls;
+    SSL_CTX *http_tls;
+    if (!tls_contexts_new(rcv, &grpc_tls, &http_tls)) {
+        return AM_EINVAL;
+    }
+    if (rcv->grpc_tls != NULL) {
+        SSL_CTX_free(rcv->grpc_tls);
+    }
+    if (rcv->http_tls != NULL) {
+        SSL_CTX_free(rcv->http_tls);
+    }
+    rcv->grpc_tls = grpc_tls;
+    rcv->http_tls = http_tls;
     if (rcv->grpc != NULL) {
-        if (rcv->grpc->tls.set) {
-            char err[512];
-            rcv->grpc_tls = am__otlp_tls_ctx_new(&rcv->grpc->tls, err, sizeof(err));
-            if (rcv->grpc_tls == NULL) {
-                AM_ERROR(COMPONENT, "%s: protocols.grpc.tls: %s", rcv->id, err);
-                return AM_EINVAL;
-            }
-        }
         rc = am__otlp_grpc_start(rcv, &rcv->grpc_server);
         if (rc != 0) {
             return rc;
@@ -630,20 +664,32 @@ static void otlp_destroy(void *instance)
 static void otlp_reload(void *instance)
 {
     am__otlp_receiver_t *rcv = instance;
-    if (rcv->grpc == NULL || !rcv->grpc->tls.set || rcv->shutting_down) {
+    bool grpc_tls = rcv->grpc != NULL && rcv->grpc->tls.set;
+    bool http_tls = rcv->http != NULL && rcv->http->tls.set;
+    if ((!grpc_tls && !http_tls) || rcv->shutting_down) {
         return;
     }
-    char err[512];
-    SSL_CTX *fresh = am__otlp_tls_ctx_new(&rcv->grpc->tls, err, sizeof(err));
-    if (fresh == NULL) {
-        AM_ERROR(COMPONENT, "%s: keeping the old certificates, reload failed: %s", rcv->id, err);
+    /* All or nothing: one unreadable file keeps every old context. */
+    SSL_CTX *fresh_grpc;
+    SSL_CTX *fresh_http;
+    if (!tls_contexts_new(rcv, &fresh_grpc, &fresh_http)) {
+        AM_ERROR(COMPONENT, "%s: keeping the old certificates, reload failed", rcv->id);
         return;
     }
-    /* Open connections hold their own reference to the old context. */
-    if (rcv->grpc_tls != NULL) {
-        SSL_CTX_free(rcv->grpc_tls);
+    /* Open connections hold their own reference to the old contexts. */
+    if (fresh_grpc != NULL) {
+        if (rcv->grpc_tls != NULL) {
+            SSL_CTX_free(rcv->grpc_tls);
+        }
+        rcv->grpc_tls = fresh_grpc;
     }
-    rcv->grpc_tls = fresh;
+    if (fresh_http != NULL) {
+        am__otlp_http_set_tls(rcv, fresh_http);
+        if (rcv->http_tls != NULL) {
+            SSL_CTX_free(rcv->http_tls);
+        }
+        rcv->http_tls = fresh_http;
+    }
     AM_INFO(COMPONENT, "%s: TLS certificates reloaded", rcv->id);
 }
 
@@ -651,7 +697,7 @@ const am_component_ops_t am_receiver_otlp_ops = {
     .type = "otlp",
     .kind = AM_KIND_RECEIVER,
     .signals = AM_SIGNAL_TRACES,
-    .doc = "OTLP traces over gRPC (HTTP/2, TLS, mTLS) and HTTP (protobuf, JSON)",
+    .doc = "OTLP traces over gRPC (HTTP/2) and HTTP (protobuf, JSON), each with TLS and mTLS",
     .options = otlp_options,
     .config_size = sizeof(am__otlp_config_t),
     .validate = otlp_validate,

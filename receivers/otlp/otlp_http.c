@@ -1,6 +1,10 @@
 /*
  * otlp_http.c - OTLP/HTTP: POST /v1/traces on core's am_http server.
  *
+ * With protocols.http.tls the server speaks HTTPS: otlp.c builds the
+ * SSL_CTX (otlp_tls.c, ALPN http/1.1, optional mTLS) and owns it; am_http
+ * runs each connection through it.  Requests look the same either way.
+ *
  * am_http reads a whole request (headers and body, both bounded; a body
  * over max_request_body_size gets 413 before it is buffered) and calls
  * handle_request() on the receiver loop.  We answer synchronously, as the
@@ -243,14 +247,26 @@ int am__otlp_http_start(am__otlp_receiver_t *rcv)
         .max_connections = 1024,
         .handler = handle_request,
         .user_data = rcv,
+        .ssl_ctx = rcv->http_tls, /* owned by rcv, freed after the server closed */
     };
     int rc = am_http_server_start(rcv->loop, &opts, &rcv->http_server);
     if (rc != 0) {
         return rc;
     }
-    AM_INFO(COMPONENT, "%s: OTLP/HTTP listening on %s (port %d)", rcv->id, cfg->endpoint,
-            am_http_server_port(rcv->http_server));
+    bool mtls = cfg->tls.client_ca_file != NULL && cfg->tls.client_ca_file[0] != '\0';
+    AM_INFO(COMPONENT, "%s: OTLP/HTTP listening on %s (port %d)%s", rcv->id, cfg->endpoint,
+            am_http_server_port(rcv->http_server),
+            rcv->http_tls == NULL ? ""
+            : mtls                ? ", mTLS"
+                                  : ", TLS");
     return 0;
+}
+
+void am__otlp_http_set_tls(am__otlp_receiver_t *rcv, SSL_CTX *ctx)
+{
+    if (rcv->http_server != NULL) {
+        am_http_server_set_ssl_ctx(rcv->http_server, ctx);
+    }
 }
 
 void am__otlp_http_close(am__otlp_receiver_t *rcv)

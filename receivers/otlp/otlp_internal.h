@@ -246,7 +246,8 @@ typedef struct am__otlp_receiver {
     am__otlp_limits_t limits;
     am__otlp_grpc_server_t *grpc_server;
     struct am_http_server *http_server;
-    SSL_CTX *grpc_tls; /* current context; replaced by reload */
+    SSL_CTX *grpc_tls; /* current contexts (NULL: cleartext); replaced by */
+    SSL_CTX *http_tls; /* reload, freed with the receiver */
     bool started;
     bool shutting_down;
     bool destroy_pending;
@@ -299,15 +300,23 @@ size_t am__otlp_grpc_buffered_bytes(const am__otlp_grpc_server_t *server);
 
 /* ---- OTLP/HTTP (otlp_http.c) ----------------------------------------- */
 
+/* Serve on rcv->http's endpoint, over TLS with rcv->http_tls when set. */
 int am__otlp_http_start(am__otlp_receiver_t *rcv);
+/* Hand a reloaded context to the running server (new connections). */
+void am__otlp_http_set_tls(am__otlp_receiver_t *rcv, SSL_CTX *ctx);
 void am__otlp_http_close(am__otlp_receiver_t *rcv);
 
 /* ---- TLS (otlp_tls.c) ------------------------------------------------ */
 
 /* A server SSL_CTX from cfg: certificate chain + key, optional client CA
- * (mTLS, verification required), minimum version, ALPN "h2".  Returns NULL
- * with err filled on failure.  Free with SSL_CTX_free. */
-SSL_CTX *am__otlp_tls_ctx_new(const am__otlp_tls_cfg_t *cfg, char *err, size_t err_size);
+ * (mTLS, verification required), minimum version, and ALPN selecting only
+ * `alpn` (AM__OTLP_ALPN_H2 or AM__OTLP_ALPN_HTTP1; the string must outlive
+ * the context).  Returns NULL with err filled on failure.  Free with
+ * SSL_CTX_free. */
+#define AM__OTLP_ALPN_H2 "h2"
+#define AM__OTLP_ALPN_HTTP1 "http/1.1"
+SSL_CTX *am__otlp_tls_ctx_new(const am__otlp_tls_cfg_t *cfg, const char *alpn, char *err,
+                              size_t err_size);
 
 /* One TLS connection over memory BIOs: ciphertext read from the socket is
  * fed in, plaintext comes out of read; plaintext written goes out as

@@ -1,5 +1,6 @@
 /*
- * otlp_tls.c - TLS for the gRPC server with OpenSSL memory BIOs.
+ * otlp_tls.c - TLS for the gRPC server with OpenSSL memory BIOs, and the
+ * server contexts of both transports.
  *
  * libuv owns the socket, so OpenSSL never sees a file descriptor: bytes read
  * from the socket are written into the read BIO, SSL_read yields plaintext
@@ -10,9 +11,11 @@
  *
  * Contexts: one SSL_CTX per receiver, built from the config (certificate
  * chain and key, optional client CA for mTLS with verification required,
- * minimum version, ALPN "h2" only).  SIGHUP builds a fresh context and swaps
- * it in; connections already open keep a reference to the old one (SSL_new
- * takes it), so nothing is torn down under them.
+ * minimum version, ALPN: "h2" only for gRPC, "http/1.1" only for OTLP/HTTP).
+ * SIGHUP builds a fresh context and swaps it in; connections already open
+ * keep a reference to the old one (SSL_new takes it), so nothing is torn
+ * down under them.  OTLP/HTTP connections run on core's am_http server,
+ * which does its own memory-BIO plumbing with the context built here.
  */
 #include <openssl/err.h>
 #include <stdio.h>
@@ -31,23 +34,25 @@ static void openssl_error(const char *what, char *err, size_t err_size)
     snprintf(err, err_size, "%s: %s", what, reason);
 }
 
-/* ALPN: gRPC speaks only h2.  A client offering ALPN without h2 gets a
+/* ALPN: each server speaks exactly one protocol (`arg`: "h2" for gRPC,
+ * "http/1.1" for OTLP/HTTP).  A client offering ALPN without it gets a
  * fatal no_application_protocol alert; one offering no ALPN at all is
  * allowed (prior knowledge over TLS). */
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned int inlen, void *arg)
 {
     AM_UNUSED(ssl);
-    AM_UNUSED(arg);
+    const char *want = arg;
+    size_t want_len = strlen(want);
     unsigned int i = 0;
     while (i < inlen) {
         unsigned int len = in[i];
         if (i + 1 + len > inlen) {
             break;
         }
-        if (len == 2 && memcmp(in + i + 1, "h2", 2) == 0) {
+        if (len == want_len && memcmp(in + i + 1, want, want_len) == 0) {
             *out = in + i + 1;
-            *outlen = 2;
+            *outlen = (unsigned char)len;
             return SSL_TLSEXT_ERR_OK;
         }
         i += 1 + len;
@@ -55,7 +60,8 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
     return SSL_TLSEXT_ERR_ALERT_FATAL;
 }
 
-SSL_CTX *am__otlp_tls_ctx_new(const am__otlp_tls_cfg_t *cfg, char *err, size_t err_size)
+SSL_CTX *am__otlp_tls_ctx_new(const am__otlp_tls_cfg_t *cfg, const char *alpn, char *err,
+                              size_t err_size)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (ctx == NULL) {
@@ -74,7 +80,8 @@ SSL_CTX *am__otlp_tls_ctx_new(const am__otlp_tls_cfg_t *cfg, char *err, size_t e
         openssl_error("min_version", err, err_size);
         goto fail;
     }
-    /* HTTP/2 (RFC 9113 §9.2): no renegotiation, no compression. */
+    /* HTTP/2 (RFC 9113 §9.2) forbids renegotiation and compression; HTTP/1.1
+     * is better off without them too (CRIME, renegotiation DoS). */
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE);
     if (cfg->cert_file == NULL || cfg->key_file == NULL) {
@@ -110,7 +117,7 @@ SSL_CTX *am__otlp_tls_ctx_new(const am__otlp_tls_cfg_t *cfg, char *err, size_t e
         }
         SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
     }
-    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, (void *)alpn);
     return ctx;
 fail:
     SSL_CTX_free(ctx);

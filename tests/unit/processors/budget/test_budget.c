@@ -439,6 +439,171 @@ static void test_corrupt_state_file(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* A config reload (new service, old one shut down, new one started) keeps
+ * the spend of every key without a state_file, and no threshold is
+ * reported twice. */
+static void test_reload_keeps_spent(void **state)
+{
+    (void)state;
+    static const char yaml[] =
+        "budgets:\n"
+        "  - {name: tenant-daily, scope: tenant.id, window: day, limit: 0.02}\n";
+    c2_capture_t cap;
+    c2_capture_init(&cap);
+    c2_group_t g;
+    c2_group_create(&g, &am_processor_budget_ops, "budget/reload", yaml, 3, &cap.consumer);
+    set_clocks(&g);
+    atomic_store(&c2_now_ns, c2_time(0));
+    for (uint32_t i = 0; i < 2; i++) {
+        am_batch_t *b = spend_batch(i + 1, "tenant.id", "acme", 12500000);
+        c2_consume(&g, (int)i, b);
+        am_batch_unref(b);
+    }
+    assert_int_equal(cap.n_events, 2); /* 0.8 and 1.0 on the second call */
+    /* The reload: the old group shuts down, a new one of the same id starts. */
+    c2_group_shutdown(&g);
+    c2_group_destroy(&g);
+
+    c2_group_create(&g, &am_processor_budget_ops, "budget/reload", yaml, 3, &cap.consumer);
+    set_clocks(&g);
+    atomic_store(&c2_now_ns, c2_time(60));
+    json_object *o = api(&g, "/v1/budgets/tenant-daily/acme", 200);
+    assert_string_equal(c2_get(o, "spent"), "0.025");
+    assert_string_equal(c2_get(o, "status"), "exceeded");
+    assert_string_equal(c2_get(o, "window_start"), "2026-03-14T00:00:00.000Z");
+    json_object_put(o);
+    am_batch_t *b = spend_batch(3, "tenant.id", "acme", 12500000);
+    c2_consume(&g, 1, b);
+    assert_string_equal(c2_attr_str(b->trace_index[0].spans[1].span, "cost.budget.status"),
+                        "exceeded");
+    am_batch_unref(b);
+    assert_int_equal(cap.n_events, 2); /* never repeated */
+    assert_int_equal(total_events(&g), 0);
+    o = api(&g, "/v1/budgets/tenant-daily/acme", 200);
+    assert_string_equal(c2_get(o, "spent"), "0.0375");
+    json_object_put(o);
+    c2_group_shutdown(&g);
+    c2_group_destroy(&g);
+    c2_capture_free(&cap);
+}
+
+/* Definitions changed by the reload: a removed name is dropped, a changed
+ * type starts from zero, an unchanged budget keeps spend and crossings, a
+ * changed limit keeps spend and reports its thresholds once on the next
+ * spend. */
+static void test_reload_changed_definitions(void **state)
+{
+    (void)state;
+    c2_capture_t cap;
+    c2_capture_init(&cap);
+    c2_group_t g;
+    c2_group_create(&g, &am_processor_budget_ops, "budget/redef",
+                    "budgets:\n"
+                    "  - {name: same, scope: tenant.id, window: day, limit: 1.00}\n"
+                    "  - {name: relimit, scope: tenant.id, window: day, limit: 1.00}\n"
+                    "  - {name: retype, scope: tenant.id, window: day, limit: 1.00}\n"
+                    "  - {name: gone, scope: tenant.id, window: day, limit: 1.00}\n",
+                    2, &cap.consumer);
+    set_clocks(&g);
+    atomic_store(&c2_now_ns, c2_time(0));
+    am_batch_t *b = spend_batch(1, "tenant.id", "acme", 850000000);
+    c2_consume(&g, 0, b);
+    am_batch_unref(b);
+    assert_int_equal(cap.n_events, 4); /* 0.8 of each */
+    c2_group_shutdown(&g);
+    c2_group_destroy(&g);
+    c2_capture_clear(&cap);
+
+    c2_group_create(&g, &am_processor_budget_ops, "budget/redef",
+                    "budgets:\n"
+                    "  - {name: same, scope: tenant.id, window: day, limit: 1.00}\n"
+                    "  - {name: relimit, scope: tenant.id, window: day, limit: 0.50}\n"
+                    "  - {name: retype, scope: tenant.id, window: day, type: tokens, "
+                    "limit: 1000}\n"
+                    "  - {name: fresh, scope: tenant.id, window: day, limit: 1.00}\n",
+                    2, &cap.consumer);
+    set_clocks(&g);
+    atomic_store(&c2_now_ns, c2_time(60));
+    json_object *o = api(&g, "/v1/budgets/same/acme", 200);
+    assert_string_equal(c2_get(o, "spent"), "0.85");
+    assert_string_equal(c2_get(o, "status"), "warning");
+    json_object_put(o);
+    o = api(&g, "/v1/budgets/relimit/acme", 200);
+    assert_string_equal(c2_get(o, "spent"), "0.85");
+    assert_string_equal(c2_get(o, "limit"), "0.5");
+    assert_string_equal(c2_get(o, "status"), "exceeded");
+    json_object_put(o);
+    o = api(&g, "/v1/budgets/retype/acme", 404);
+    json_object_put(o);
+    o = api(&g, "/v1/budgets/gone/acme", 404);
+    assert_string_equal(c2_get(o, "error"), "unknown budget");
+    json_object_put(o);
+    o = api(&g, "/v1/budgets/fresh/acme", 404);
+    json_object_put(o);
+    b = spend_batch(2, "tenant.id", "acme", 10000000);
+    c2_consume(&g, 1, b);
+    am_batch_unref(b);
+    /* Only the re-limited budget reports, 0.8 and 1.0 of its new limit. */
+    assert_int_equal(cap.n_events, 2);
+    assert_int_equal(c2_count(&cap, "budget.threshold", "budget", "relimit"), 2);
+    assert_int_equal(c2_count(&cap, "budget.threshold", "spent", "0.86"), 2);
+    assert_int_equal(c2_count(&cap, "budget.threshold", "status", "exceeded"), 1);
+    o = api(&g, "/v1/budgets/same/acme", 200);
+    assert_string_equal(c2_get(o, "spent"), "0.86");
+    json_object_put(o);
+    c2_group_shutdown(&g);
+    c2_group_destroy(&g);
+    c2_capture_free(&cap);
+}
+
+/* Keys longer than any fixed buffer stay distinct: two 1200-character
+ * session ids that differ only at the end each spend $3 of a $5 cap. */
+static void test_long_keys_stay_distinct(void **state)
+{
+    (void)state;
+    char a[1201], z[1201], path[1400];
+    memset(a, 's', 1200);
+    memset(z, 's', 1200);
+    a[1200] = z[1200] = '\0';
+    a[1199] = 'a';
+    z[1199] = 'z';
+    c2_capture_t cap;
+    c2_capture_init(&cap);
+    c2_group_t g;
+    c2_group_create(&g, &am_processor_budget_ops, "budget/long",
+                    "budgets:\n"
+                    "  - {name: session-cap, scope: session.id, window: session, limit: 5.00}\n",
+                    3, &cap.consumer);
+    set_clocks(&g);
+    atomic_store(&c2_now_ns, c2_time(0));
+    am_batch_t *b = spend_batch(1, "session.id", a, 3 * AM_MONEY_SCALE);
+    c2_consume(&g, 0, b);
+    am_batch_unref(b);
+    b = spend_batch(2, "session.id", z, 3 * AM_MONEY_SCALE);
+    c2_consume(&g, 1, b);
+    assert_null(c2_attr_str(b->trace_index[0].spans[1].span, "cost.budget.status"));
+    am_batch_unref(b);
+    assert_int_equal(cap.n_events, 0);
+    assert_int_equal(total_events(&g), 0);
+    snprintf(path, sizeof(path), "/v1/budgets/session-cap/%s", a);
+    json_object *o = api(&g, path, 200);
+    assert_string_equal(c2_get(o, "spent"), "3");
+    assert_string_equal(c2_get(o, "status"), "ok");
+    assert_int_equal(strlen(c2_get(o, "key")), 1200);
+    json_object_put(o);
+    snprintf(path, sizeof(path), "/v1/budgets/session-cap/%s", z);
+    o = api(&g, path, 200);
+    assert_string_equal(c2_get(o, "spent"), "3");
+    json_object_put(o);
+    /* A prefix of a long key is another key. */
+    snprintf(path, sizeof(path), "/v1/budgets/session-cap/%.1100s", a);
+    o = api(&g, path, 404);
+    json_object_put(o);
+    c2_group_shutdown(&g);
+    c2_group_destroy(&g);
+    c2_capture_free(&cap);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -449,6 +614,9 @@ int main(void)
         cmocka_unit_test(test_trace_window),
         cmocka_unit_test(test_restart_keeps_spent),
         cmocka_unit_test(test_corrupt_state_file),
+        cmocka_unit_test(test_reload_keeps_spent),
+        cmocka_unit_test(test_reload_changed_definitions),
+        cmocka_unit_test(test_long_keys_stay_distinct),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -273,6 +273,9 @@ typedef struct c2_group {
 
 /* Parse `yaml` (the component's option map) and create n instances, shard
  * k of n, all emitting into `next`. */
+/* The service the next c2_group_create() hands its instances (NULL: none). */
+static void *c2_service;
+
 static inline void c2_group_create(c2_group_t *g, const am_component_ops_t *ops, const char *id,
                                    const char *yaml, int n, am_consumer_t *next)
 {
@@ -304,7 +307,7 @@ static inline void c2_group_create(c2_group_t *g, const am_component_ops_t *ops,
             .signal = AM_SIGNAL_TRACES,
             .shard = k,
             .n_shards = n,
-            .service = NULL,
+            .service = c2_service,
         };
         assert_int_equal(ops->create(&params, &g->inst[k]), 0);
     }

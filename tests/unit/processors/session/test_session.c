@@ -7,6 +7,7 @@
  * successful action is rounded half away from zero.  All with an injected
  * clock: nothing here sleeps.
  */
+#include "am_service.h"
 #include "processors/session/cost2_util.h"
 #include "processors/session/session_internal.h"
 
@@ -389,6 +390,93 @@ static void test_corrupt_state_file(void **state)
     assert_int_equal(system(aside), 0);
 }
 
+/* A config reload (new service built - its config validated -, old one
+ * shut down, new one started) keeps open sessions with their running
+ * totals, without a summary in between; a plain shutdown afterwards still
+ * closes them. */
+static void test_reload_continues_sessions(void **state)
+{
+    (void)state;
+    c2_capture_t cap;
+    c2_capture_init(&cap);
+    /* Two services that both run processor session/reload: the old one and
+     * the one a SIGHUP builds to replace it. */
+    static const char yaml[] = "receivers: { otlp: {} }\n"
+                               "processors: { session/reload: {} }\n"
+                               "exporters: { debug: {} }\n"
+                               "service: { pipelines: { traces: { receivers: [otlp], "
+                               "processors: [session/reload], exporters: [debug] } } }\n";
+    am_service_t *services[2];
+    for (int i = 0; i < 2; i++) {
+        am_errors_t build_errs = {0};
+        am_config_t *config = am_config_load_buffer("s.yaml", yaml, sizeof(yaml) - 1, &build_errs);
+        am_service_opts_t opts = {.shards = 2, .skip_telemetry = true};
+        services[i] = am_service_build(config, &opts, &build_errs);
+        assert_non_null(services[i]);
+    }
+    c2_group_t g;
+    c2_service = services[0];
+    c2_group_create(&g, &am_processor_session_ops, "session/reload", "{}", 2, &cap.consumer);
+    for (int k = 0; k < 2; k++) {
+        am__session_set_clock(g.inst[k], c2_clock, NULL);
+    }
+    atomic_store(&c2_now_ns, c2_time(0));
+    am_batch_t *b = c2_batch();
+    am_money_t first = agent_trace(b, 1, "carried", 120000000, 12000000, false);
+    c2_consume(&g, 0, b);
+    am_batch_unref(b);
+    b = c2_batch();
+    am_money_t second = agent_trace(b, 2, "carried", 30000000, 0, true);
+    c2_consume(&g, 1, b);
+    am_batch_unref(b);
+    /* SIGHUP: the old service is shut down for its successor. */
+    am_service_set_reload_successor(services[0], services[1]);
+    c2_group_shutdown(&g);
+    assert_int_equal(cap.n_events, 0); /* handed over, not closed */
+    am__session_stats_t st;
+    am__session_stats(g.inst[0], &st);
+    assert_int_equal(st.closed_shutdown, 0);
+    c2_group_destroy(&g);
+
+    c2_service = services[1];
+    c2_group_create(&g, &am_processor_session_ops, "session/reload", "{idle_timeout: 10m}", 2,
+                    &cap.consumer);
+    for (int k = 0; k < 2; k++) {
+        am__session_set_clock(g.inst[k], c2_clock, NULL);
+    }
+    atomic_store(&c2_now_ns, c2_time(120));
+    b = c2_batch();
+    am_money_t third = agent_trace(b, 3, "carried", 7, 0, false);
+    c2_consume(&g, 1, b);
+    double running;
+    assert_true(c2_attr_double(b->trace_index[0].spans[0].span, "cost.session.total", &running));
+    assert_true(running == am_money_to_double(first + second + third));
+    int64_t n_traces = 0;
+    assert_true(am_attr_get_int(b->trace_index[0].spans[0].span->attributes,
+                                b->trace_index[0].spans[0].span->n_attributes,
+                                "cost.session.traces", &n_traces));
+    assert_int_equal(n_traces, 3);
+    am_batch_unref(b);
+    /* A plain shutdown (no successor) closes the session as before. */
+    c2_group_shutdown(&g);
+    assert_int_equal(cap.n_events, 1);
+    json_object *o = c2_event(&cap, 0);
+    char buf[AM_MONEY_STRLEN];
+    assert_string_equal(c2_get(o, "key"), "carried");
+    assert_string_equal(c2_get(o, "traces"), "3");
+    assert_string_equal(c2_get(o, "spans"), "9");
+    assert_string_equal(c2_get(o, "cost.total"), fmt(first + second + third, buf));
+    assert_string_equal(c2_get(o, "actions.tool_call.success"), "2");
+    assert_string_equal(c2_get(o, "actions.tool_call.failure"), "1");
+    assert_string_equal(c2_get(o, "start"), "2026-03-14T12:00:00.000Z");
+    json_object_put(o);
+    c2_group_destroy(&g);
+    c2_capture_free(&cap);
+    c2_service = NULL;
+    am_service_free(services[0]);
+    am_service_free(services[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -399,6 +487,7 @@ int main(void)
         cmocka_unit_test(test_no_success_is_null),
         cmocka_unit_test(test_state_file_keeps_sessions),
         cmocka_unit_test(test_corrupt_state_file),
+        cmocka_unit_test(test_reload_continues_sessions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

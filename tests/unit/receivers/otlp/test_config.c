@@ -120,7 +120,8 @@ static void test_everything_spelled_out(void **state)
               "      auth: { bearer_token: abc }\n"
               "    http:\n"
               "      endpoint: 127.0.0.1:5318\n"
-              "      max_request_body_size_mib: 2\n");
+              "      max_request_body_size_mib: 2\n"
+              "      tls: { cert_file: /hc.pem, key_file: /hk.pem, client_ca_file: /hca.pem }\n");
     assert_int_equal(p.errs.count, 0);
     const am__otlp_grpc_cfg_t *grpc = &p.cfg.protocols.grpc;
     assert_int_equal(p.cfg.max_attribute_depth, 8);
@@ -134,7 +135,12 @@ static void test_everything_spelled_out(void **state)
     assert_string_equal(grpc->tls.client_ca_file, "/ca.pem");
     assert_string_equal(grpc->tls.min_version, "1.3");
     assert_string_equal(grpc->auth.bearer_token, "abc");
-    assert_int_equal(p.cfg.protocols.http.max_request_body_size, 2 << 20);
+    const am__otlp_http_cfg_t *http = &p.cfg.protocols.http;
+    assert_int_equal(http->max_request_body_size, 2 << 20);
+    assert_true(http->tls.set);
+    assert_string_equal(http->tls.cert_file, "/hc.pem");
+    assert_string_equal(http->tls.client_ca_file, "/hca.pem");
+    assert_string_equal(http->tls.min_version, "1.2");
     parsed_free(&p);
 }
 
@@ -159,8 +165,8 @@ static void test_mistakes(void **state)
     assert_true(p.errs.count > 0);
     parsed_free(&p);
 
-    parse(&p, "otlp:\n  protocols:\n    http:\n      tls: { cert_file: a, key_file: b }\n");
-    assert_error(&p, "not supported for OTLP/HTTP");
+    parse(&p, "otlp:\n  protocols:\n    http:\n      tls: { key_file: b }\n");
+    assert_error(&p, "protocols.http.tls: cert_file and key_file are both required");
     parsed_free(&p);
 
     parse(&p, "otlp:\n  protocols:\n    grpc:\n      auth: { bearer_token: \"\" }\n");
