@@ -792,12 +792,12 @@ static void conn_process(http_conn_t *conn)
     if (!uv_is_active((uv_handle_t *)&conn->tcp)) {
         uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read);
     }
-    if (conn->req == NULL || conn->req->method == NULL) {
-        /* Between requests (idle) or inside a request head (header
-         * timeout, armed by on_message_begin). */
-        if (conn->req == NULL) {
-            conn_arm_timer(conn, conn->server->opts.idle_timeout_ms);
-        }
+    if (conn->req == NULL || conn->req->method != NULL) {
+        /* Between requests (idle), or inside a body: the idle timeout runs
+         * from the last bytes read, so a client that stalls mid-body does
+         * not hold its slot and its buffered body forever.  Inside a request
+         * head the header timeout (armed by on_message_begin) runs. */
+        conn_arm_timer(conn, conn->server->opts.idle_timeout_ms);
     }
 }
 
