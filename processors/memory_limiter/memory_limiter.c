@@ -14,7 +14,9 @@
  * rarely hands freed heap back to the kernel, so after a burst RSS can stay
  * above the soft limit with nothing buffered, and a limiter deciding on RSS
  * alone would refuse data forever.  Above the hard limit it asks malloc to
- * return free memory (malloc_trim) and reads RSS again.  It runs first in the
+ * return free memory (malloc_trim) and reads RSS again, and refuses only
+ * while a real share of the data in flight is still held (see over_limit).
+ * It runs first in the
  * pipeline, on the receiver's thread, before the batch goes to the shards.
  */
 #include <malloc.h>
@@ -72,10 +74,15 @@ static int64_t soft_limit(const limiter_t *lim)
     return lim->cfg.limit_bytes - lim->cfg.spike_bytes;
 }
 
+/* Above the hard limit, refusing only helps while we still hold data that
+ * draining will free: with less than a quarter of the soft limit in flight,
+ * what RSS holds is not ours to give back (allocator slack, library
+ * buffers), and refusing would stall ingestion forever without lowering it. */
 static bool over_limit(limiter_t *lim)
 {
-    return atomic_load(&lim->rss_bytes) > lim->cfg.limit_bytes ||
-           (int64_t)am_arena_total_reserved() > soft_limit(lim);
+    int64_t in_flight = (int64_t)am_arena_total_reserved();
+    return in_flight > soft_limit(lim) ||
+           (atomic_load(&lim->rss_bytes) > lim->cfg.limit_bytes && in_flight > soft_limit(lim) / 4);
 }
 
 static void on_check(uv_timer_t *timer)
