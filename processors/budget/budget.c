@@ -77,6 +77,7 @@
 #include "am_component.h"
 #include "am_http.h"
 #include "am_log.h"
+#include "am_statefile.h"
 #include "am_selfmetrics.h"
 #include "am_service.h"
 #include "am_shard.h"
@@ -1617,29 +1618,10 @@ static void write_state(group_t *g, const char *path)
 {
     size_t used = 0;
     char *text = state_text(g, &used);
-    if (text == NULL) {
-        return;
+    if (text != NULL) {
+        am_state_file_write(COMP, path, text, used);
+        am_free(text);
     }
-    size_t plen = strlen(path);
-    char *tmp = am_malloc(plen + 8);
-    if (tmp != NULL) {
-        snprintf(tmp, plen + 8, "%s.tmp", path);
-        FILE *f = fopen(tmp, "wb");
-        bool ok = false;
-        if (f != NULL) {
-            ok = fwrite(text, 1, used, f) == used && fflush(f) == 0 && fsync(fileno(f)) == 0;
-            ok = fclose(f) == 0 && ok;
-            ok = ok && rename(tmp, path) == 0;
-            if (!ok) {
-                unlink(tmp);
-            }
-        }
-        if (!ok) {
-            AM_ERROR(COMP, "cannot write state file %s: %s", path, strerror(errno));
-        }
-    }
-    am_free(tmp);
-    am_free(text);
 }
 
 /* Parse a state text into g->loaded / g->loaded_defs.  Caller holds g->lock.
@@ -1677,44 +1659,16 @@ static bool parse_state(group_t *g, const char *data)
  * existed and was valid (a corrupt one is renamed aside). */
 static bool load_state_file(budget_inst_t *inst, const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        if (errno != ENOENT) {
-            AM_WARN(COMP, "%s: cannot read state file %s: %s", inst->id, path, strerror(errno));
-        }
+    char *data = NULL;
+    size_t len = 0;
+    int rc = am_state_file_read(COMP, path, &data, &len);
+    if (rc != 0 && rc != AM_ERANGE) {
         return false;
     }
-    char *data = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 4096 + 1 > cap) {
-            cap = (cap + 4096) * 2;
-            char *grown = am_realloc(data, cap);
-            if (grown == NULL) {
-                break;
-            }
-            data = grown;
-        }
-        size_t n = fread(data + len, 1, 4096, f);
-        len += n;
-        if (n < 4096) {
-            break;
-        }
-    }
-    fclose(f);
-    bool valid = false;
-    if (data != NULL) {
-        data[len] = '\0';
-        valid = parse_state(inst->group, data);
-    }
+    bool valid = rc == 0 && parse_state(inst->group, data);
     am_free(data);
     if (!valid) {
-        char aside[4096];
-        snprintf(aside, sizeof(aside), "%s.corrupt-%llu", path,
-                 (unsigned long long)(inst->clock(inst->clock_arg) / NS_PER_S));
-        int moved = rename(path, aside);
-        AM_ERROR(COMP, "%s: state file %s is corrupt; ignored%s%s", inst->id, path,
-                 moved == 0 ? " and renamed to " : "", moved == 0 ? aside : "");
+        am_state_file_set_aside(COMP, inst->id, path, inst->clock(inst->clock_arg) / NS_PER_S);
     }
     return valid;
 }

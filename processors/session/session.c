@@ -78,6 +78,7 @@
 #include "am_attr.h"
 #include "am_component.h"
 #include "am_log.h"
+#include "am_statefile.h"
 #include "am_selfmetrics.h"
 #include "am_service.h"
 #include "am_shard.h"
@@ -1509,32 +1510,6 @@ static void snapshot_own(session_inst_t *inst)
     pthread_mutex_unlock(&inst->group->lock);
 }
 
-static int write_file_atomic(const char *path, const char *data, size_t len)
-{
-    size_t plen = strlen(path);
-    char *tmp = am_malloc(plen + 8);
-    if (tmp == NULL) {
-        return AM_ENOMEM;
-    }
-    snprintf(tmp, plen + 8, "%s.tmp", path);
-    int rc = AM_EIO;
-    FILE *f = fopen(tmp, "wb");
-    if (f != NULL) {
-        bool ok = fwrite(data, 1, len, f) == len && fflush(f) == 0 && fsync(fileno(f)) == 0;
-        ok = fclose(f) == 0 && ok;
-        if (ok && rename(tmp, path) == 0) {
-            rc = 0;
-        } else {
-            unlink(tmp);
-        }
-    }
-    if (rc != 0) {
-        AM_ERROR(COMP, "cannot write state file %s: %s", path, strerror(errno));
-    }
-    am_free(tmp);
-    return rc;
-}
-
 /* Join every instance's snapshot (malloc'd text, *used_out bytes): the text
  * of state_file and of the reload handoff. */
 static char *state_text(group_t *g, size_t *used_out)
@@ -1569,7 +1544,7 @@ static void write_state(group_t *g, const char *path)
     size_t used = 0;
     char *text = state_text(g, &used);
     if (text != NULL) {
-        write_file_atomic(path, text, used);
+        am_state_file_write(COMP, path, text, used);
         am_free(text);
     }
 }
@@ -1597,44 +1572,16 @@ static bool parse_state(group_t *g, const char *data)
  * g->lock.  true when the file existed and was valid. */
 static bool load_state_file(session_inst_t *inst, const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        if (errno != ENOENT) {
-            AM_WARN(COMP, "%s: cannot read state file %s: %s", inst->id, path, strerror(errno));
-        }
+    char *data = NULL;
+    size_t len = 0;
+    int rc = am_state_file_read(COMP, path, &data, &len);
+    if (rc != 0 && rc != AM_ERANGE) {
         return false;
     }
-    char *data = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 4096 + 1 > cap) {
-            cap = (cap + 4096) * 2;
-            char *grown = am_realloc(data, cap);
-            if (grown == NULL) {
-                break;
-            }
-            data = grown;
-        }
-        size_t n = fread(data + len, 1, 4096, f);
-        len += n;
-        if (n < 4096) {
-            break;
-        }
-    }
-    fclose(f);
-    bool valid = false;
-    if (data != NULL) {
-        data[len] = '\0';
-        valid = parse_state(inst->group, data);
-    }
+    bool valid = rc == 0 && parse_state(inst->group, data);
     am_free(data);
     if (!valid) {
-        char aside[4096];
-        snprintf(aside, sizeof(aside), "%s.corrupt-%llu", path,
-                 (unsigned long long)(inst_now(inst) / 1000000000u));
-        int moved = rename(path, aside);
-        AM_ERROR(COMP, "%s: state file %s is corrupt; ignored%s%s", inst->id, path,
-                 moved == 0 ? " and renamed to " : "", moved == 0 ? aside : "");
+        am_state_file_set_aside(COMP, inst->id, path, inst_now(inst) / 1000000000u);
     }
     return valid;
 }
