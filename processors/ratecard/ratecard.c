@@ -328,7 +328,6 @@ static am_status_t rc_consume(void *instance, am_batch_t *batch)
 static void rc_validate(const void *config, const void *node, const char *prefix, am_errors_t *errs)
 {
     const am__rc_config_t *cfg = config;
-    AM_UNUSED(node);
     if (!cfg->include_builtin && cfg->files.count == 0) {
         am_errors_add(errs, node, "%s: include_builtin is false, so `files` must list a card",
                       prefix);
@@ -337,9 +336,16 @@ static void rc_validate(const void *config, const void *node, const char *prefix
     if (cfg->reload_interval_ms < 0) {
         am_errors_add(errs, node, "%s.reload_interval: must not be negative", prefix);
     }
+    /* Card errors carry the card's own file:line; prefix the config location
+     * too, so `validate` points at both the option and the card. */
+    am_errors_t card_errs = {0};
     am__ratecard_t *card = am__ratecard_load(
-        cfg->include_builtin, (const char *const *)cfg->files.items, cfg->files.count, errs);
+        cfg->include_builtin, (const char *const *)cfg->files.items, cfg->files.count, &card_errs);
     am__ratecard_free(card);
+    for (size_t i = 0; i < card_errs.count; i++) {
+        am_errors_add(errs, node, "%s.files: %s", prefix, card_errs.msgs[i]);
+    }
+    am_errors_clear(&card_errs);
 }
 
 static void rc_destroy(void *instance)
