@@ -278,6 +278,19 @@ int am_shard_call(am_shard_t *shard, am_shard_fn fn, void *arg)
     return rc;
 }
 
+void am_shards_run(am_shards_t *shards, int index, am_shard_fn fn, void *arg, bool wait)
+{
+    if (shards == NULL) {
+        fn(arg);
+        return;
+    }
+    am_shard_t *target = am_shards_get(shards, index);
+    int rc = wait ? am_shard_call(target, fn, arg) : am_shard_post_fn(target, fn, arg);
+    if (rc != 0) {
+        fn(arg);
+    }
+}
+
 size_t am_shard_queued_spans(am_shard_t *shard)
 {
     uv_mutex_lock(&shard->lock);

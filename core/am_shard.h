@@ -48,6 +48,10 @@ am_status_t am_shard_post_batch_reserved(am_shard_t *shard, am_consumer_t *consu
 int am_shard_post_fn(am_shard_t *shard, am_shard_fn fn, void *arg);
 /* Run fn(arg) on the shard's thread and wait for it to return. */
 int am_shard_call(am_shard_t *shard, am_shard_fn fn, void *arg);
+/* Run fn(arg) on shard `index` of `shards` (and wait for it when `wait`);
+ * inline on the caller's thread when `shards` is NULL (tests, no shards) or
+ * the shard has stopped, since nothing else runs there any more. */
+void am_shards_run(am_shards_t *shards, int index, am_shard_fn fn, void *arg, bool wait);
 /* Spans waiting in the inbox (for self-metrics). */
 size_t am_shard_queued_spans(am_shard_t *shard);
 

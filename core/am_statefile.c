@@ -4,6 +4,8 @@
 #include "am_statefile.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -89,4 +91,76 @@ void am_state_file_set_aside(const char *component, const char *id, const char *
     int moved = rename(path, aside);
     AM_ERROR(component, "%s: state file %s is corrupt; ignored%s%s", id, path,
              moved == 0 ? " and renamed to " : "", moved == 0 ? aside : "");
+}
+
+typedef struct handoff {
+    char *id;
+    char *text;
+    struct handoff *next;
+} handoff_t;
+
+static pthread_mutex_t handoff_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t handoff_once = PTHREAD_ONCE_INIT;
+static handoff_t *handoffs;
+
+static void handoff_free_all(void)
+{
+    pthread_mutex_lock(&handoff_lock);
+    while (handoffs != NULL) {
+        handoff_t *h = handoffs;
+        handoffs = h->next;
+        am_free(h->id);
+        am_free(h->text);
+        am_free(h);
+    }
+    pthread_mutex_unlock(&handoff_lock);
+}
+
+static void handoff_register_exit(void)
+{
+    atexit(handoff_free_all);
+}
+
+void am_state_handoff_put(const char *id, char *text)
+{
+    pthread_once(&handoff_once, handoff_register_exit);
+    pthread_mutex_lock(&handoff_lock);
+    handoff_t *h = handoffs;
+    while (h != NULL && strcmp(h->id, id) != 0) {
+        h = h->next;
+    }
+    if (h == NULL && (h = am_calloc(1, sizeof(*h))) != NULL) {
+        if ((h->id = am_strdup(id)) == NULL) {
+            am_free(h);
+            h = NULL;
+        } else {
+            h->next = handoffs;
+            handoffs = h;
+        }
+    }
+    if (h != NULL) {
+        am_free(h->text);
+        h->text = text;
+    } else {
+        am_free(text);
+    }
+    pthread_mutex_unlock(&handoff_lock);
+}
+
+char *am_state_handoff_take(const char *id)
+{
+    char *text = NULL;
+    pthread_mutex_lock(&handoff_lock);
+    for (handoff_t **p = &handoffs; *p != NULL; p = &(*p)->next) {
+        if (strcmp((*p)->id, id) == 0) {
+            handoff_t *h = *p;
+            *p = h->next;
+            text = h->text;
+            am_free(h->id);
+            am_free(h);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&handoff_lock);
+    return text;
 }

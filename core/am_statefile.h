@@ -23,4 +23,12 @@ int am_state_file_read(const char *component, const char *path, char **out, size
 void am_state_file_set_aside(const char *component, const char *id, const char *path,
                              uint64_t unix_seconds);
 
+/* Config reload hand-off: a stateful processor shutting down for a reload
+ * leaves its state text under its component id; the next group of that id
+ * takes it at start.  Process-global, thread-safe; what is never taken is
+ * freed at exit.  put takes `text` over (malloc'd), replacing any earlier
+ * text of that id; take returns it (caller am_free) or NULL. */
+void am_state_handoff_put(const char *id, char *text);
+char *am_state_handoff_take(const char *id);
+
 #endif

@@ -405,13 +405,7 @@ static void group_release(group_t *g)
 
 static void run_on(group_t *g, int shard, am_shard_fn fn, void *arg)
 {
-    if (g->shards == NULL) {
-        fn(arg);
-        return;
-    }
-    if (am_shard_post_fn(am_shards_get(g->shards, shard), fn, arg) != 0) {
-        fn(arg);
-    }
+    am_shards_run(g->shards, shard, fn, arg, false);
 }
 
 /* ---- events ---------------------------------------------------------------------- */

@@ -591,82 +591,6 @@ typedef struct group {
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static group_t *registry;
 
-/* ---- reload handoff: state text per processor id, process-global ------------ */
-
-typedef struct handoff {
-    char *id;
-    char *text;
-    struct handoff *next;
-} handoff_t;
-
-static pthread_mutex_t handoff_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_once_t handoff_once = PTHREAD_ONCE_INIT;
-static handoff_t *handoffs;
-
-static void handoff_free_all(void)
-{
-    pthread_mutex_lock(&handoff_lock);
-    while (handoffs != NULL) {
-        handoff_t *h = handoffs;
-        handoffs = h->next;
-        am_free(h->id);
-        am_free(h->text);
-        am_free(h);
-    }
-    pthread_mutex_unlock(&handoff_lock);
-}
-
-static void handoff_register_exit(void)
-{
-    atexit(handoff_free_all);
-}
-
-/* Store `text` (taken over) as the state of processor `id`, replacing any. */
-static void handoff_put(const char *id, char *text)
-{
-    pthread_once(&handoff_once, handoff_register_exit);
-    pthread_mutex_lock(&handoff_lock);
-    handoff_t *h = handoffs;
-    while (h != NULL && strcmp(h->id, id) != 0) {
-        h = h->next;
-    }
-    if (h == NULL && (h = am_calloc(1, sizeof(*h))) != NULL) {
-        if ((h->id = am_strdup(id)) == NULL) {
-            am_free(h);
-            h = NULL;
-        } else {
-            h->next = handoffs;
-            handoffs = h;
-        }
-    }
-    if (h != NULL) {
-        am_free(h->text);
-        h->text = text;
-    } else {
-        am_free(text);
-    }
-    pthread_mutex_unlock(&handoff_lock);
-}
-
-/* Take the state of processor `id` (caller frees); NULL when none. */
-static char *handoff_take(const char *id)
-{
-    char *text = NULL;
-    pthread_mutex_lock(&handoff_lock);
-    for (handoff_t **p = &handoffs; *p != NULL; p = &(*p)->next) {
-        if (strcmp((*p)->id, id) == 0) {
-            handoff_t *h = *p;
-            *p = h->next;
-            text = h->text;
-            am_free(h->id);
-            am_free(h);
-            break;
-        }
-    }
-    pthread_mutex_unlock(&handoff_lock);
-    return text;
-}
-
 struct budget_inst {
     char *id;
     int shard;
@@ -769,18 +693,7 @@ static void group_release(group_t *g)
 
 static void run_on(group_t *g, int shard, am_shard_fn fn, void *arg, bool wait)
 {
-    if (g->shards == NULL) {
-        fn(arg);
-        return;
-    }
-    am_shard_t *target = am_shards_get(g->shards, shard);
-    if (wait) {
-        if (am_shard_call(target, fn, arg) != 0) {
-            fn(arg);
-        }
-    } else if (am_shard_post_fn(target, fn, arg) != 0) {
-        fn(arg);
-    }
+    am_shards_run(g->shards, shard, fn, arg, wait);
 }
 
 /* "<prefix>\x1f<key>" at its full length: in buf[size] when it fits, else
@@ -1685,7 +1598,7 @@ static void load_state_once(budget_inst_t *inst)
         return;
     }
     g->state_loaded = true;
-    char *handoff = handoff_take(g->id);
+    char *handoff = am_state_handoff_take(g->id);
     bool from_file = path != NULL && path[0] != '\0' && load_state_file(inst, path);
     if (!from_file && handoff != NULL) {
         if (!parse_state(g, handoff)) {
@@ -1984,7 +1897,7 @@ static void budget_shutdown(void *instance)
     size_t len = 0;
     char *text = state_text(g, &len);
     if (text != NULL) {
-        handoff_put(g->id, text);
+        am_state_handoff_put(g->id, text);
     } else {
         AM_ERROR(COMP, "%s: out of memory: budget state not kept for a config reload", inst->id);
     }

@@ -622,7 +622,6 @@ typedef struct group {
     bool state_loaded;
     json_object *loaded; /* sessions array read from state_file */
     uint64_t last_write_ns;
-    uint64_t seq; /* creation order (see reload marks) */
     bool persist; /* final flush keeps sessions (state_file or reload) */
     struct group *next;
 } group_t;
@@ -630,91 +629,6 @@ typedef struct group {
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static group_t *registry;
 
-/* ---- reload handoff: state text per processor id, process-global ------- */
-
-typedef struct state_handoff {
-    char *id;
-    char *text;
-    struct state_handoff *next;
-} state_handoff_t;
-
-static pthread_mutex_t handoff_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_once_t handoff_once = PTHREAD_ONCE_INIT;
-static state_handoff_t *handoffs;
-static uint64_t mark_seq;
-
-static void handoff_free_all(void)
-{
-    pthread_mutex_lock(&handoff_lock);
-    while (handoffs != NULL) {
-        state_handoff_t *h = handoffs;
-        handoffs = h->next;
-        am_free(h->id);
-        am_free(h->text);
-        am_free(h);
-    }
-    pthread_mutex_unlock(&handoff_lock);
-}
-
-static void handoff_register_exit(void)
-{
-    atexit(handoff_free_all);
-}
-
-/* Store `text` (taken over) as the state of processor `id`, replacing any. */
-static void handoff_put(const char *id, char *text)
-{
-    pthread_once(&handoff_once, handoff_register_exit);
-    pthread_mutex_lock(&handoff_lock);
-    state_handoff_t *h = handoffs;
-    while (h != NULL && strcmp(h->id, id) != 0) {
-        h = h->next;
-    }
-    if (h == NULL && (h = am_calloc(1, sizeof(*h))) != NULL) {
-        if ((h->id = am_strdup(id)) == NULL) {
-            am_free(h);
-            h = NULL;
-        } else {
-            h->next = handoffs;
-            handoffs = h;
-        }
-    }
-    if (h != NULL) {
-        am_free(h->text);
-        h->text = text;
-    } else {
-        am_free(text);
-    }
-    pthread_mutex_unlock(&handoff_lock);
-}
-
-/* The next number of the order in which marks and groups appear. */
-static uint64_t seq_next(void)
-{
-    pthread_mutex_lock(&handoff_lock);
-    uint64_t seq = ++mark_seq;
-    pthread_mutex_unlock(&handoff_lock);
-    return seq;
-}
-
-/* Take the state of processor `id` (caller frees); NULL when none. */
-static char *handoff_take(const char *id)
-{
-    char *text = NULL;
-    pthread_mutex_lock(&handoff_lock);
-    for (state_handoff_t **p = &handoffs; *p != NULL; p = &(*p)->next) {
-        if (strcmp((*p)->id, id) == 0) {
-            state_handoff_t *h = *p;
-            *p = h->next;
-            text = h->text;
-            am_free(h->id);
-            am_free(h);
-            break;
-        }
-    }
-    pthread_mutex_unlock(&handoff_lock);
-    return text;
-}
 
 struct session_inst {
     char *id;
@@ -773,7 +687,6 @@ static group_t *group_acquire(const void *service, const char *id, int n_shards)
                 g = NULL;
             } else {
                 pthread_mutex_init(&g->lock, NULL);
-                g->seq = seq_next();
                 g->next = registry;
                 registry = g;
             }
@@ -896,18 +809,7 @@ static void running_seed(group_t *g, const sess_t *s)
  * set or we are on it, else queued (after what is already queued). */
 static void run_on(group_t *g, int shard, am_shard_fn fn, void *arg, bool wait)
 {
-    if (g->shards == NULL) {
-        fn(arg);
-        return;
-    }
-    am_shard_t *target = am_shards_get(g->shards, shard);
-    if (wait) {
-        if (am_shard_call(target, fn, arg) != 0) {
-            fn(arg);
-        }
-    } else if (am_shard_post_fn(target, fn, arg) != 0) {
-        fn(arg); /* shard stopped: nobody else runs there any more */
-    }
+    am_shards_run(g->shards, shard, fn, arg, wait);
 }
 
 /* ---- LRU and map on the owner ------------------------------------------ */
@@ -1598,7 +1500,7 @@ static void load_state_once(session_inst_t *inst)
         return;
     }
     g->state_loaded = true;
-    char *handoff = handoff_take(g->id);
+    char *handoff = am_state_handoff_take(g->id);
     bool from_file = path != NULL && path[0] != '\0' && load_state_file(inst, path);
     if (!from_file && handoff != NULL) {
         if (!parse_state(g, handoff)) {
@@ -1818,7 +1720,7 @@ static void session_shutdown(void *instance)
         if (text != NULL) {
             AM_INFO(COMP, "%s: config reload: open sessions stay open for the new config",
                     inst->id);
-            handoff_put(g->id, text);
+            am_state_handoff_put(g->id, text);
         } else {
             AM_ERROR(COMP, "%s: out of memory: open sessions lost in the config reload", inst->id);
         }
