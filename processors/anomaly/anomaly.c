@@ -35,6 +35,7 @@
 
 #include "am_attr.h"
 #include "am_component.h"
+#include "am_event_json.h"
 #include "am_log.h"
 #include "am_selfmetrics.h"
 #include "am_service.h"
@@ -410,19 +411,6 @@ static void run_on(group_t *g, int shard, am_shard_fn fn, void *arg)
 
 /* ---- events ---------------------------------------------------------------------- */
 
-static json_object *json_money(am_money_t v)
-{
-    char buf[AM_MONEY_STRLEN];
-    return json_object_new_double_s(am_money_to_double(v), am_money_format(v, buf));
-}
-
-static json_object *json_number(double d)
-{
-    char buf[32];
-    snprintf(buf, sizeof(buf), "%.15g", d);
-    return json_object_new_double_s(d, buf);
-}
-
 /* Takes ownership of `evidence`. */
 static int add_anomaly_event(anomaly_inst_t *inst, am_batch_t *batch, const char *kind,
                              const char *scope, const char *key, json_object *evidence,
@@ -690,13 +678,13 @@ static json_object *burn_evidence(const burn_cfg_t *cfg, const burn_t *b, am_mon
     json_object_object_add(ev, "window_start",
                            json_object_new_string(am_time_format(wstart, wbuf)));
     json_object_object_add(ev, "window_seconds", json_object_new_int64(cfg->window_ms / 1000));
-    json_object_object_add(ev, "window_cost", json_money(cost));
+    json_object_object_add(ev, "window_cost", am_json_money(cost));
     json_object_object_add(ev, "rate_per_minute",
-                           json_money((am_money_t)llround((double)cost * per_minute)));
+                           am_json_money((am_money_t)llround((double)cost * per_minute)));
     json_object_object_add(ev, "baseline_per_minute",
-                           json_money((am_money_t)llround(b->ewma * per_minute)));
-    json_object_object_add(ev, "factor", json_number(cfg->factor));
-    json_object_object_add(ev, "min_cost", json_money(cfg->min_cost));
+                           am_json_money((am_money_t)llround(b->ewma * per_minute)));
+    json_object_object_add(ev, "factor", am_json_ratio(cfg->factor));
+    json_object_object_add(ev, "min_cost", am_json_money(cfg->min_cost));
     json_object_object_add(ev, "windows_observed", json_object_new_int64(b->n_windows));
     return ev;
 }

@@ -75,6 +75,7 @@
 
 #include "am_attr.h"
 #include "am_component.h"
+#include "am_event_json.h"
 #include "am_http.h"
 #include "am_log.h"
 #include "am_statefile.h"
@@ -793,21 +794,7 @@ static json_object *json_amount(const budget_t *b, int64_t v)
     if (b->tokens) {
         return json_object_new_int64(v);
     }
-    char buf[AM_MONEY_STRLEN];
-    return json_object_new_double_s(am_money_to_double(v), am_money_format(v, buf));
-}
-
-static json_object *json_time(uint64_t ns)
-{
-    char buf[AM_TIME_STRLEN];
-    return json_object_new_string(am_time_format(ns, buf));
-}
-
-static json_object *json_fraction(double d)
-{
-    char buf[32];
-    snprintf(buf, sizeof(buf), "%.15g", d);
-    return json_object_new_double_s(d, buf);
+    return am_json_money(v);
 }
 
 static int add_threshold_event(am_batch_t *batch, const budget_t *b, const char *key, size_t t,
@@ -818,14 +805,14 @@ static int add_threshold_event(am_batch_t *batch, const budget_t *b, const char 
     const char *status = b->thresholds[t] >= 1.0 ? "exceeded" : "warning";
     json_object *o = json_object_new_object();
     json_object_object_add(o, "event", json_object_new_string("budget.threshold"));
-    json_object_object_add(o, "time", json_time(now));
+    json_object_object_add(o, "time", am_json_time(now));
     json_object_object_add(o, "budget", json_object_new_string(b->name));
     json_object_object_add(o, "scope", json_object_new_string(b->scope));
     json_object_object_add(o, "key", json_object_new_string(key));
     json_object_object_add(o, "window", json_object_new_string(b->window_text));
-    json_object_object_add(o, "window_start", json_time(ws));
-    json_object_object_add(o, "window_end", we != 0 ? json_time(we) : NULL);
-    json_object_object_add(o, "threshold", json_fraction(b->thresholds[t]));
+    json_object_object_add(o, "window_start", am_json_time(ws));
+    json_object_object_add(o, "window_end", we != 0 ? am_json_time(we) : NULL);
+    json_object_object_add(o, "threshold", am_json_ratio(b->thresholds[t]));
     json_object_object_add(o, "spent", json_amount(b, spent));
     json_object_object_add(o, "limit", json_amount(b, b->limit));
     json_object_object_add(o, "currency", b->tokens ? NULL : json_object_new_string(currency));
@@ -1258,8 +1245,8 @@ static json_object *api_entry(group_t *g, const budget_t *b, const pub_t *pub, u
     json_object_object_add(o, "limit", json_amount(b, b->limit));
     json_object_object_add(o, "remaining", json_amount(b, remaining > 0 ? remaining : 0));
     json_object_object_add(o, "status", json_object_new_string(status_names[status]));
-    json_object_object_add(o, "window_start", ws != 0 ? json_time(ws) : NULL);
-    json_object_object_add(o, "window_end", we != 0 ? json_time(we) : NULL);
+    json_object_object_add(o, "window_start", ws != 0 ? am_json_time(ws) : NULL);
+    json_object_object_add(o, "window_end", we != 0 ? am_json_time(we) : NULL);
     json_object_object_add(o, "currency", b->tokens ? NULL : json_object_new_string(pub->currency));
     AM_UNUSED(g);
     return o;
@@ -1328,7 +1315,7 @@ static int render(group_t *g, const char *path, char **body, size_t *len)
             json_object_object_add(bo, "limit", json_amount(b, b->limit));
             json_object *thr = json_object_new_array();
             for (size_t t = 0; t < b->n_thresholds; t++) {
-                json_object_array_add(thr, json_fraction(b->thresholds[t]));
+                json_object_array_add(thr, am_json_ratio(b->thresholds[t]));
             }
             json_object_object_add(bo, "thresholds", thr);
             json_object *keys = json_object_new_array();
@@ -1487,7 +1474,7 @@ static json_object *defs_json(const group_t *g)
         json_object_object_add(d, "limit", json_object_new_int64(b->limit));
         json_object *thr = json_object_new_array();
         for (size_t t = 0; t < b->n_thresholds; t++) {
-            json_object_array_add(thr, json_fraction(b->thresholds[t]));
+            json_object_array_add(thr, am_json_ratio(b->thresholds[t]));
         }
         json_object_object_add(d, "thresholds", thr);
         json_object_object_add(defs, b->name, d);

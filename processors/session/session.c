@@ -77,6 +77,7 @@
 
 #include "am_attr.h"
 #include "am_component.h"
+#include "am_event_json.h"
 #include "am_log.h"
 #include "am_statefile.h"
 #include "am_selfmetrics.h"
@@ -869,35 +870,23 @@ static void map_remove(session_inst_t *inst, sess_t *s)
 
 /* ---- events ------------------------------------------------------------ */
 
-static json_object *json_money(am_money_t v)
-{
-    char buf[AM_MONEY_STRLEN];
-    return json_object_new_double_s(am_money_to_double(v), am_money_format(v, buf));
-}
-
-static json_object *json_time(uint64_t ns)
-{
-    char buf[AM_TIME_STRLEN];
-    return json_object_new_string(am_time_format(ns, buf));
-}
-
 static json_object *summary_json(session_inst_t *inst, const sess_t *s, uint64_t now)
 {
     json_object *o = json_object_new_object();
     const char *currency = s->currency != NULL ? s->currency : "USD";
     json_object_object_add(o, "event", json_object_new_string("session.summary"));
-    json_object_object_add(o, "time", json_time(now));
+    json_object_object_add(o, "time", am_json_time(now));
     json_object_object_add(o, "scope", json_object_new_string("session.id"));
     json_object_object_add(o, "key", json_object_new_string(s->key));
-    json_object_object_add(o, "start", json_time(s->start_ns));
-    json_object_object_add(o, "end", json_time(s->end_ns));
+    json_object_object_add(o, "start", am_json_time(s->start_ns));
+    json_object_object_add(o, "end", am_json_time(s->end_ns));
     json_object_object_add(o, "traces", json_object_new_int64(s->traces));
     json_object_object_add(o, "spans", json_object_new_int64(s->spans));
     json_object *cost = json_object_new_object();
-    json_object_object_add(cost, "total", json_money(s->total));
+    json_object_object_add(cost, "total", am_json_money(s->total));
     json_object_object_add(cost, "currency", json_object_new_string(currency));
     for (int i = 0; i < N_PARTS; i++) {
-        json_object_object_add(cost, part_names[i], json_money(s->parts[i]));
+        json_object_object_add(cost, part_names[i], am_json_money(s->parts[i]));
     }
     json_object_object_add(o, "cost", cost);
     json_object *tokens = json_object_new_object();
@@ -911,14 +900,14 @@ static json_object *summary_json(session_inst_t *inst, const sess_t *s, uint64_t
         json_object *a = json_object_new_object();
         json_object_object_add(a, "success", json_object_new_int64(s->actions[i].success));
         json_object_object_add(a, "failure", json_object_new_int64(s->actions[i].failure));
-        json_object_object_add(a, "cost", json_money(s->actions[i].cost));
+        json_object_object_add(a, "cost", am_json_money(s->actions[i].cost));
         json_object_object_add(actions, s->actions[i].name, a);
         successes += s->actions[i].success;
     }
     json_object_object_add(o, "actions", actions);
     am_money_t cpa;
     json_object_object_add(o, "cost_per_successful_action",
-                           am__session_cpa(s->total, successes, &cpa) ? json_money(cpa) : NULL);
+                           am__session_cpa(s->total, successes, &cpa) ? am_json_money(cpa) : NULL);
     json_object *models = json_object_new_array();
     for (size_t i = 0; i < s->n_models; i++) {
         json_object_array_add(models, json_object_new_string(s->models[i]));
