@@ -25,10 +25,14 @@ typedef struct am_arena am_arena_t;
 
 /* first_chunk: size hint for the first chunk (e.g. 2x the request size). */
 am_arena_t *am_arena_new(size_t first_chunk);
+/* Bytes for `size` bytes of character data (no alignment). */
+char *am_arena_alloc_chars(am_arena_t *arena, size_t size);
 am_arena_t *am_arena_ref(am_arena_t *arena);
 void am_arena_unref(am_arena_t *arena);
 
-/* 16-byte aligned; NULL on allocation failure.  Valid until the arena dies. */
+/* 8-byte aligned (enough for any protobuf-c struct; nothing stored in an
+ * arena needs more); NULL on allocation failure.  Valid until the arena dies.
+ * The string functions return unaligned memory. */
 void *am_arena_alloc(am_arena_t *arena, size_t size);
 void *am_arena_calloc(am_arena_t *arena, size_t count, size_t size);
 char *am_arena_strdup(am_arena_t *arena, const char *s);
@@ -43,7 +47,16 @@ size_t am_arena_reserved(const am_arena_t *arena);
  * Valid while the arena lives. */
 ProtobufCAllocator am_arena_allocator(am_arena_t *arena);
 
-/* Process-wide bytes reserved by all live arenas (memory_limiter reads it). */
+/* Process-wide bytes reserved by all live arenas. */
 size_t am_arena_total_reserved(void);
+
+/* Data in flight held outside arenas, e.g. encoded messages an exporter keeps
+ * until the destination acknowledges them: hold when taken, release the same
+ * amount when freed.  Thread-safe. */
+void am_memory_hold(size_t bytes);
+void am_memory_release(size_t bytes);
+
+/* All data in flight: arenas plus held bytes (memory_limiter's measure). */
+size_t am_memory_in_flight(void);
 
 #endif

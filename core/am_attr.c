@@ -14,6 +14,34 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "am_intern.h"
+
+/* ---- known keys: pointer compares ----
+ *
+ * The decoder (core/am_otlp_unpack.c) and the setters below store a known
+ * key as its interned pointer (core/am_intern.h).  Looking up a known key is
+ * then a scan of pointer compares: a KeyValue whose key is the interned
+ * pointer matches, one whose key is another interned pointer cannot, and
+ * only keys outside the table (rare) are compared as text. */
+
+static am_pb_keyvalue_t *scan_interned(am_pb_keyvalue_t *const *attrs, size_t n_attrs,
+                                       const char *key, const char *interned)
+{
+    for (size_t i = 0; i < n_attrs; i++) {
+        am_pb_keyvalue_t *kv = attrs[i];
+        if (kv == NULL || kv->key == NULL) {
+            continue;
+        }
+        if (kv->key == interned) {
+            return kv;
+        }
+        if (!am_interned(kv->key) && kv->key[0] == key[0] && strcmp(kv->key, key) == 0) {
+            return kv;
+        }
+    }
+    return NULL;
+}
+
 /* ---- the per-thread index of the attribute arrays in scope ----
  *
  * The cost processors read a span's attributes dozens of times (every
@@ -38,6 +66,11 @@ typedef struct attr_ix {
     size_t n;
     size_t mask;
     unsigned lookups; /* in this scope, before the index was built */
+    /* Which known keys (am_intern ids) the array holds, for arrays in scope:
+     * a lookup of an absent known key is then one bit test.  In `known_ext`
+     * when the caller keeps it (with the span reference), else here. */
+    am_attr_known_t known_local;
+    am_attr_known_t *known_ext;
     ix_slot_t slots[IX_SLOTS];
 } attr_ix_t;
 
@@ -130,6 +163,68 @@ static am_pb_keyvalue_t *ix_find(const attr_ix_t *ix, const char *key)
     }
 }
 
+/* The scope's slot for `attrs` when it is an array in scope, else NULL. */
+static attr_ix_t *scope_slot(am_pb_keyvalue_t *const *attrs, size_t n)
+{
+    if (!scope.active || attrs == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < 3; i++) {
+        if (i < 2) {
+            if (scope.span[i] != NULL && scope.span[i]->attributes == attrs &&
+                scope.span[i]->n_attributes == n) {
+                return &scope.ix[i];
+            }
+        } else if (scope.resource != NULL && scope.resource->attributes == attrs &&
+                   scope.resource->n_attributes == n) {
+            return &scope.ix[i];
+        }
+    }
+    return NULL;
+}
+
+_Static_assert(sizeof(((am_attr_known_t *)0)->bits) * 8 > AM_INTERN_MAX_IDS,
+               "known-key set too small for the intern table");
+
+static inline am_attr_known_t *known_of(attr_ix_t *ix)
+{
+    return ix->known_ext != NULL ? ix->known_ext : &ix->known_local;
+}
+
+static inline void known_set(am_attr_known_t *known, const char *key)
+{
+    int id = am_intern_id(key);
+    if (id < 0) {
+        /* a known key stored as a private copy (a path that did not intern) */
+        const char *interned = am_intern(key, strlen(key));
+        id = interned != NULL ? am_intern_id(interned) : -1;
+    }
+    if (id >= 0) {
+        known->bits[id >> 6] |= UINT64_C(1) << (id & 63);
+    }
+}
+
+/* False when the array in scope certainly lacks the known key `id`. */
+static bool known_may_have(am_pb_keyvalue_t *const *attrs, size_t n, int id)
+{
+    attr_ix_t *ix = scope_slot(attrs, n);
+    if (ix == NULL) {
+        return true;
+    }
+    am_attr_known_t *known = known_of(ix);
+    if (known->attrs != (const void *)attrs || known->n != n) {
+        memset(known->bits, 0, sizeof(known->bits));
+        for (size_t i = 0; i < n; i++) {
+            if (attrs[i] != NULL && attrs[i]->key != NULL) {
+                known_set(known, attrs[i]->key);
+            }
+        }
+        known->attrs = attrs;
+        known->n = n;
+    }
+    return (known->bits[id >> 6] >> (id & 63)) & 1;
+}
+
 /* The index of `attrs` when it is an array in scope (built or rebuilt now if
  * needed), else NULL: scan. */
 static attr_ix_t *index_for(am_pb_keyvalue_t *const *attrs, size_t n)
@@ -178,6 +273,9 @@ static void scope_reset(void)
         scope.ix[i].attrs = NULL;
         scope.ix[i].n = 0;
         scope.ix[i].lookups = 0;
+        scope.ix[i].known_local.attrs = NULL;
+        scope.ix[i].known_local.n = 0;
+        scope.ix[i].known_ext = NULL;
     }
     scope.grown_span = NULL;
     scope.grown = NULL;
@@ -190,12 +288,13 @@ void am_attr_scope_begin(const am_pb_span_t *span, const am_pb_span_t *other,
     /* The scope replaced held `resource` too (alive until now, by contract):
      * its index stays valid (rebuilt anyway if its array changed). */
     bool keep = scope.active && resource != NULL && scope.resource == resource;
-    attr_ix_t kept = {0};
+    attr_ix_t kept;
     if (keep) {
         kept.attrs = scope.ix[2].attrs;
         kept.n = scope.ix[2].n;
         kept.mask = scope.ix[2].mask;
         kept.lookups = scope.ix[2].lookups;
+        kept.known_local = scope.ix[2].known_local;
     }
     scope_reset();
     if (keep) {
@@ -203,11 +302,19 @@ void am_attr_scope_begin(const am_pb_span_t *span, const am_pb_span_t *other,
         scope.ix[2].n = kept.n;
         scope.ix[2].mask = kept.mask;
         scope.ix[2].lookups = kept.lookups;
+        scope.ix[2].known_local = kept.known_local;
     }
     scope.span[0] = span;
     scope.span[1] = other;
     scope.resource = resource;
     scope.active = true;
+}
+
+void am_attr_scope_begin_known(const am_pb_span_t *span, am_attr_known_t *span_known,
+                               const am_pb_span_t *other, const am_pb_resource_t *resource)
+{
+    am_attr_scope_begin(span, other, resource);
+    scope.ix[0].known_ext = span_known;
 }
 
 void am_attr_scope_end(void)
@@ -218,6 +325,14 @@ void am_attr_scope_end(void)
 const am_pb_anyvalue_t *am_attr_find(am_pb_keyvalue_t *const *attrs, size_t n_attrs,
                                      const char *key)
 {
+    const char *interned = am_intern_cached(key);
+    if (interned != NULL) {
+        if (!known_may_have(attrs, n_attrs, am_intern_id(interned))) {
+            return NULL;
+        }
+        const am_pb_keyvalue_t *kv = scan_interned(attrs, n_attrs, key, interned);
+        return kv != NULL ? kv->value : NULL;
+    }
     attr_ix_t *ix = index_for(attrs, n_attrs);
     if (ix != NULL) {
         const am_pb_keyvalue_t *kv = ix_find(ix, key);
@@ -365,9 +480,14 @@ bool am_attr_first_int(const am_pb_span_t *span, const am_pb_resource_t *resourc
 /* The value slot for `key` on span: the existing one, or a new KeyValue. */
 static am_pb_anyvalue_t *span_slot(am_arena_t *arena, am_pb_span_t *span, const char *key)
 {
-    attr_ix_t *ix = index_for(span->attributes, span->n_attributes);
+    const char *interned = am_intern_cached(key);
+    attr_ix_t *ix = interned != NULL ? NULL : index_for(span->attributes, span->n_attributes);
     am_pb_keyvalue_t *found = NULL;
-    if (ix != NULL) {
+    if (interned != NULL) {
+        if (known_may_have(span->attributes, span->n_attributes, am_intern_id(interned))) {
+            found = scan_interned(span->attributes, span->n_attributes, key, interned);
+        }
+    } else if (ix != NULL) {
         found = ix_find(ix, key);
     } else {
         for (size_t i = 0; i < span->n_attributes; i++) {
@@ -397,11 +517,16 @@ static am_pb_anyvalue_t *span_slot(am_arena_t *arena, am_pb_span_t *span, const 
     size_t cap = scope.active ? n + IX_GROW_SPARE : n + 1;
     am_pb_keyvalue_t **grown =
         in_place ? scope.grown : am_arena_alloc(arena, cap * sizeof(*grown));
-    am_pb_keyvalue_t *kv = am_arena_alloc(arena, sizeof(*kv));
-    am_pb_anyvalue_t *value = am_arena_alloc(arena, sizeof(*value));
-    if (grown == NULL || kv == NULL || value == NULL) {
+    /* a KeyValue and its value in one allocation, as the decoder lays them out */
+    struct {
+        am_pb_keyvalue_t kv;
+        am_pb_anyvalue_t value;
+    } *pair = am_arena_alloc(arena, sizeof(*pair));
+    if (grown == NULL || pair == NULL) {
         return NULL;
     }
+    am_pb_keyvalue_t *kv = &pair->kv;
+    am_pb_anyvalue_t *value = &pair->value;
     if (!in_place && n > 0) {
         memcpy(grown, span->attributes, n * sizeof(*grown));
     }
@@ -412,11 +537,20 @@ static am_pb_anyvalue_t *span_slot(am_arena_t *arena, am_pb_span_t *span, const 
     }
     opentelemetry__proto__common__v1__key_value__init(kv);
     opentelemetry__proto__common__v1__any_value__init(value);
-    kv->key = (char *)key;
+    kv->key = (char *)(interned != NULL ? interned : key);
     kv->value = value;
     grown[n] = kv;
+    attr_ix_t *known_ix = scope_slot(span->attributes, n);
+    am_attr_known_t *known = known_ix != NULL ? known_of(known_ix) : NULL;
+    bool known_current =
+        known != NULL && known->attrs == (const void *)span->attributes && known->n == n;
     span->attributes = grown;
     span->n_attributes = n + 1;
+    if (known_current) {
+        known_set(known, kv->key);
+        known->attrs = grown;
+        known->n = n + 1;
+    }
     if (ix != NULL) {
         if (n + 1 <= (ix->mask + 1) / 2) {
             ix->attrs = grown;
@@ -483,6 +617,58 @@ int am_span_set_value(am_arena_t *arena, am_pb_span_t *span, const char *key,
     }
     *slot = *value;
     return 0;
+}
+
+static void intern_array(am_pb_keyvalue_t **attrs, size_t n_attrs)
+{
+    for (size_t i = 0; i < n_attrs; i++) {
+        am_pb_keyvalue_t *kv = attrs[i];
+        if (kv != NULL && kv->key != NULL && !am_interned(kv->key)) {
+            const char *interned = am_intern(kv->key, strlen(kv->key));
+            if (interned != NULL) {
+                kv->key = (char *)interned;
+            }
+        }
+    }
+}
+
+void am_attr_intern_keys(am_pb_export_req_t *req)
+{
+    for (size_t r = 0; req != NULL && r < req->n_resource_spans; r++) {
+        am_pb_resource_spans_t *rs = req->resource_spans[r];
+        if (rs == NULL) {
+            continue;
+        }
+        if (rs->resource != NULL) {
+            intern_array(rs->resource->attributes, rs->resource->n_attributes);
+        }
+        for (size_t s = 0; s < rs->n_scope_spans; s++) {
+            am_pb_scope_spans_t *ss = rs->scope_spans[s];
+            if (ss == NULL) {
+                continue;
+            }
+            if (ss->scope != NULL) {
+                intern_array(ss->scope->attributes, ss->scope->n_attributes);
+            }
+            for (size_t i = 0; i < ss->n_spans; i++) {
+                am_pb_span_t *span = ss->spans[i];
+                if (span == NULL) {
+                    continue;
+                }
+                intern_array(span->attributes, span->n_attributes);
+                for (size_t e = 0; e < span->n_events; e++) {
+                    if (span->events[e] != NULL) {
+                        intern_array(span->events[e]->attributes, span->events[e]->n_attributes);
+                    }
+                }
+                for (size_t l = 0; l < span->n_links; l++) {
+                    if (span->links[l] != NULL) {
+                        intern_array(span->links[l]->attributes, span->links[l]->n_attributes);
+                    }
+                }
+            }
+        }
+    }
 }
 
 static size_t text_append(char *buf, size_t size, size_t pos, const char *s)

@@ -48,6 +48,23 @@ bool am_attr_first_int(const am_pb_span_t *span, const am_pb_resource_t *resourc
  * of a resource both scopes name), end clears it. */
 void am_attr_scope_begin(const am_pb_span_t *span, const am_pb_span_t *other,
                          const am_pb_resource_t *resource);
+
+/* Which known keys (core/am_intern.h) an attribute array holds: a lookup of
+ * a known key the array lacks is then one bit test, without touching the
+ * KeyValues.  Zero-initialise; valid while `attrs` and `n` match the array
+ * (checked on use).  A span reference (am_span_ref_t) carries one so that
+ * every processor reuses what the first one computed. */
+typedef struct am_attr_known {
+    const void *attrs;
+    size_t n;
+    uint64_t bits[4];
+} am_attr_known_t;
+
+/* am_attr_scope_begin() that keeps the known-key set of `span` in
+ * *span_known (may be NULL), which must stay alive until the scope ends and
+ * be written only by the thread that processes the span. */
+void am_attr_scope_begin_known(const am_pb_span_t *span, am_attr_known_t *span_known,
+                               const am_pb_span_t *other, const am_pb_resource_t *resource);
 void am_attr_scope_end(void);
 
 /* Setters on a span.  Return 0 or AM_ENOMEM. */
@@ -58,6 +75,12 @@ int am_span_set_bool(am_arena_t *arena, am_pb_span_t *span, const char *key, boo
 /* Copy an AnyValue (shallow for nested arrays/maps: they are immutable). */
 int am_span_set_value(am_arena_t *arena, am_pb_span_t *span, const char *key,
                       const am_pb_anyvalue_t *value);
+
+/* Point every known attribute key of the request (resource, scope, span,
+ * event and link attributes) at its interned copy (core/am_intern.h), so
+ * lookups compare pointers.  For requests decoded by a path that copies
+ * keys (JSON, protobuf-c); the old copies stay in their arena. */
+void am_attr_intern_keys(am_pb_export_req_t *req);
 
 /* Render an AnyValue as text into buf (strings verbatim, numbers, JSON-ish for
  * arrays); returns buf. Used by the debug exporter and log lines. */

@@ -125,7 +125,7 @@ int am_batch_for_each_span(am_batch_t *batch, am_span_visit_fn fn, void *user_da
             for (uint32_t i = 0; i < trace->n_spans; i++) {
                 am_span_ref_t *ref = &trace->spans[i];
                 /* replaces the previous span's scope, keeping the resource's index */
-                am_attr_scope_begin(ref->span, NULL, ref->resource);
+                am_attr_scope_begin_known(ref->span, &ref->known, NULL, ref->resource);
                 int rc = fn(batch, ref->span, ref->resource, ref->scope, ref, user_data);
                 if (rc != 0) {
                     am_attr_scope_end();

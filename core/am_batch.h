@@ -25,6 +25,7 @@
 #include <stdatomic.h>
 
 #include "am_arena.h"
+#include "am_attr.h"
 #include "am_otlp.h"
 
 typedef enum am_signal {
@@ -50,6 +51,7 @@ typedef struct am_span_ref {
     uint32_t flags;             /* AM_SPANREF_* */
     am_money_t cost_self;       /* set by ratecard, exact */
     am_money_t cost_subtree;    /* set by rollup, exact */
+    am_attr_known_t known;      /* known keys of span->attributes (am_attr.h); zeroed */
 } am_span_ref_t;
 
 typedef struct am_trace {

@@ -45,6 +45,11 @@ am__kafka_msg_t *am__kafka_msg_new(const char *topic, const char *key, size_t ke
         return NULL;
     }
     memset(msg, 0, sizeof(*msg));
+    /* Until delivered, a message is data in flight: memory_limiter counts it
+     * with the request arenas, so librdkafka's queue cannot grow RSS past the
+     * limit unnoticed. */
+    msg->alloc_size = size;
+    am_memory_hold(size);
     char *p = (char *)(msg + 1);
     msg->value = p;
     msg->value_len = value_len;
@@ -67,7 +72,10 @@ am__kafka_msg_t *am__kafka_msg_new(const char *topic, const char *key, size_t ke
 
 void am__kafka_msg_free(am__kafka_msg_t *msg)
 {
-    am_free(msg);
+    if (msg != NULL) {
+        am_memory_release(msg->alloc_size);
+        am_free(msg);
+    }
 }
 
 static void encoded_append(am__kafka_encoded_t *out, am__kafka_msg_t *msg)

@@ -102,6 +102,7 @@ struct am__kafka_msg {
     uint32_t attempts;
     uint64_t first_produce_ms; /* monotonic */
     uint64_t retry_at_ms;      /* monotonic, while waiting to be re-produced */
+    size_t alloc_size;         /* bytes held (am_memory_hold) until freed */
 };
 
 am__kafka_msg_t *am__kafka_msg_new(const char *topic, const char *key, size_t key_len,

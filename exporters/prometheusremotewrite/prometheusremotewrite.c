@@ -25,7 +25,11 @@
  * (CURLMOPT_SOCKETFUNCTION -> one uv_poll_t per socket) and when to call it
  * back (CURLMOPT_TIMERFUNCTION -> one uv_timer_t); we feed events back with
  * curl_multi_socket_action and collect finished transfers with
- * curl_multi_info_read.  Nothing blocks the loop.
+ * curl_multi_info_read.  Nothing blocks the loop.  agentmeter does not
+ * link libcurl or libsnappy: they are dlopen()ed when an exporter of this
+ * type is configured (validate/create) and called through am__prw_curl /
+ * am__prw_snappy (prometheusremotewrite_dl.c says why); a failed load is a
+ * config error naming the library.
  *
  * Life cycle.  shutdown lets the queue drain for at most `drain_timeout`
  * more, then drops what is left (counted and logged) and closes every
@@ -49,6 +53,9 @@
 #define COMPONENT "prometheusremotewrite"
 #define MAX_RESPONSE_LOG 1024
 #define MAX_RETRY_AFTER_MS (3600 * 1000)
+/* The Debian runtime packages that provide the loaded sonames. */
+#define DEB_CURL "libcurl4"
+#define DEB_SNAPPY "libsnappy1v5"
 
 typedef struct queue_cfg {
     bool set;
@@ -276,6 +283,10 @@ static void prw_validate(const void *config, const void *node, const char *prefi
     }
     validate_map(cfg->headers, prefix, "headers", false, errs);
     validate_map(cfg->external_labels, prefix, "external_labels", true, errs);
+    const char *why;
+    if (am__prw_dl_load(&why) != 0) {
+        am_errors_add(errs, node, "%s: %s (install %s and %s)", prefix, why, DEB_CURL, DEB_SNAPPY);
+    }
 }
 
 /* ---- queue ------------------------------------------------------------------------ */
@@ -364,7 +375,7 @@ static void prw_free(prw_t *prw)
         am_free(prw->external[i].value);
     }
     am_free(prw->external);
-    curl_slist_free_all(prw->headers);
+    am__prw_curl.slist_free_all(prw->headers);
     pthread_mutex_destroy(&prw->lock);
     am_free(prw->id);
     am_free(prw->endpoint);
@@ -401,7 +412,7 @@ static void sock_forget(prw_t *prw, prw_sock_t *sock)
     uv_poll_stop(&sock->poll);
     uv_close((uv_handle_t *)&sock->poll, on_handle_closed);
     if (prw->multi != NULL && !prw->in_cleanup) {
-        curl_multi_assign(prw->multi, sock->fd, NULL);
+        am__prw_curl.multi_assign(prw->multi, sock->fd, NULL);
     }
 }
 
@@ -440,7 +451,7 @@ static void close_all(prw_t *prw)
     drop_remaining(prw, "shutting down");
     if (prw->multi != NULL) {
         if (prw->transfer_active) {
-            curl_multi_remove_handle(prw->multi, prw->easy);
+            am__prw_curl.multi_remove_handle(prw->multi, prw->easy);
             prw->transfer_active = false;
         }
         /* Stop watching first; cleanup may still report removals, which
@@ -449,9 +460,9 @@ static void close_all(prw_t *prw)
             sock_forget(prw, prw->socks);
         }
         prw->in_cleanup = true;
-        curl_easy_cleanup(prw->easy);
+        am__prw_curl.easy_cleanup(prw->easy);
         prw->easy = NULL;
-        curl_multi_cleanup(prw->multi);
+        am__prw_curl.multi_cleanup(prw->multi);
         prw->multi = NULL;
     }
     close_handle(prw, (uv_handle_t *)prw->wake);
@@ -482,24 +493,25 @@ static void start_transfer(prw_t *prw)
     prw->response_len = 0;
     prw->response[0] = '\0';
     CURL *easy = prw->easy;
-    curl_easy_setopt(easy, CURLOPT_URL, prw->endpoint);
-    curl_easy_setopt(easy, CURLOPT_POST, 1L);
-    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, (const char *)item->body);
-    curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)item->len);
-    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, prw->headers);
-    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long)prw->timeout_ms);
-    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_response_body);
-    curl_easy_setopt(easy, CURLOPT_WRITEDATA, prw);
-    curl_easy_setopt(easy, CURLOPT_PRIVATE, prw);
+    am__prw_curl.easy_setopt(easy, CURLOPT_URL, prw->endpoint);
+    am__prw_curl.easy_setopt(easy, CURLOPT_POST, 1L);
+    am__prw_curl.easy_setopt(easy, CURLOPT_POSTFIELDS, (const char *)item->body);
+    am__prw_curl.easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)item->len);
+    am__prw_curl.easy_setopt(easy, CURLOPT_HTTPHEADER, prw->headers);
+    am__prw_curl.easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long)prw->timeout_ms);
+    am__prw_curl.easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    am__prw_curl.easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_response_body);
+    am__prw_curl.easy_setopt(easy, CURLOPT_WRITEDATA, prw);
+    am__prw_curl.easy_setopt(easy, CURLOPT_PRIVATE, prw);
     if (prw->insecure) {
-        curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 0L);
-        curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 0L);
+        am__prw_curl.easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 0L);
+        am__prw_curl.easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 0L);
     }
-    CURLMcode mc = curl_multi_add_handle(prw->multi, easy);
+    CURLMcode mc = am__prw_curl.multi_add_handle(prw->multi, easy);
     if (mc != CURLM_OK) {
         /* Cannot even start: treat like a transport failure. */
-        AM_ERROR(COMPONENT, "%s: curl_multi_add_handle: %s", prw->id, curl_multi_strerror(mc));
+        AM_ERROR(COMPONENT, "%s: curl_multi_add_handle: %s", prw->id,
+                 am__prw_curl.multi_strerror(mc));
         return;
     }
     prw->transfer_active = true;
@@ -568,14 +580,14 @@ static void transfer_done(prw_t *prw, CURLcode result)
 {
     long code = 0;
     curl_off_t retry_after = 0;
-    curl_easy_getinfo(prw->easy, CURLINFO_RESPONSE_CODE, &code);
-    curl_easy_getinfo(prw->easy, CURLINFO_RETRY_AFTER, &retry_after);
-    curl_multi_remove_handle(prw->multi, prw->easy);
+    am__prw_curl.easy_getinfo(prw->easy, CURLINFO_RESPONSE_CODE, &code);
+    am__prw_curl.easy_getinfo(prw->easy, CURLINFO_RETRY_AFTER, &retry_after);
+    am__prw_curl.multi_remove_handle(prw->multi, prw->easy);
     prw->transfer_active = false;
     char what[256];
     if (result != CURLE_OK) {
         snprintf(what, sizeof(what), "POST %s failed: %s", prw->endpoint,
-                 curl_easy_strerror(result));
+                 am__prw_curl.easy_strerror(result));
         schedule_retry(prw, what, 0);
         return;
     }
@@ -604,7 +616,8 @@ static void check_multi_info(prw_t *prw)
 {
     CURLMsg *msg;
     int pending;
-    while (prw->multi != NULL && (msg = curl_multi_info_read(prw->multi, &pending)) != NULL) {
+    while (prw->multi != NULL &&
+           (msg = am__prw_curl.multi_info_read(prw->multi, &pending)) != NULL) {
         if (msg->msg == CURLMSG_DONE && msg->easy_handle == prw->easy) {
             transfer_done(prw, msg->data.result);
         }
@@ -658,7 +671,7 @@ static void on_poll(uv_poll_t *poll, int status, int events)
     }
     int running;
     if (prw->multi != NULL) {
-        curl_multi_socket_action(prw->multi, sock->fd, flags, &running);
+        am__prw_curl.multi_socket_action(prw->multi, sock->fd, flags, &running);
         check_multi_info(prw);
     }
 }
@@ -696,7 +709,7 @@ static int on_curl_socket(CURL *easy, curl_socket_t fd, int action, void *user_d
         }
         prw->socks = sock;
         prw->open_handles++;
-        curl_multi_assign(prw->multi, fd, sock);
+        am__prw_curl.multi_assign(prw->multi, fd, sock);
     }
     int events = 0;
     if (action == CURL_POLL_IN || action == CURL_POLL_INOUT) {
@@ -714,7 +727,7 @@ static void on_curl_timeout(uv_timer_t *timer)
     prw_t *prw = timer->data;
     int running;
     if (prw->multi != NULL) {
-        curl_multi_socket_action(prw->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        am__prw_curl.multi_socket_action(prw->multi, CURL_SOCKET_TIMEOUT, 0, &running);
         check_multi_info(prw);
     }
 }
@@ -766,6 +779,12 @@ static int copy_map(const am_node_t *map, am_label_t **out, size_t *n_out)
 static int prw_create(const am_create_params_t *params, void **instance)
 {
     const prw_config_t *cfg = params->config;
+    const char *why;
+    if (am__prw_dl_load(&why) != 0) {
+        /* validate reported it already, unless it was skipped */
+        AM_ERROR(COMPONENT, "%s: %s (install %s and %s)", params->id, why, DEB_CURL, DEB_SNAPPY);
+        return AM_ENOTSUP;
+    }
     prw_t *prw = am_calloc(1, sizeof(*prw));
     if (prw == NULL) {
         return AM_ENOMEM;
@@ -800,7 +819,7 @@ static int prw_create(const am_create_params_t *params, void **instance)
         NULL,
     };
     for (size_t i = 0; fixed[i] != NULL; i++) {
-        struct curl_slist *grown = curl_slist_append(prw->headers, fixed[i]);
+        struct curl_slist *grown = am__prw_curl.slist_append(prw->headers, fixed[i]);
         if (grown == NULL) {
             goto nomem;
         }
@@ -814,7 +833,7 @@ static int prw_create(const am_create_params_t *params, void **instance)
         }
         char line[2048];
         snprintf(line, sizeof(line), "%s: %s", item->key, item->str != NULL ? item->str : "");
-        struct curl_slist *grown = curl_slist_append(prw->headers, line);
+        struct curl_slist *grown = am__prw_curl.slist_append(prw->headers, line);
         if (grown == NULL) {
             goto nomem;
         }
@@ -863,7 +882,7 @@ static int prw_start(void *instance)
     static bool curl_ready = false;
     if (!curl_ready) {
         /* Main thread, before any other curl use in this process. */
-        curl_global_init(CURL_GLOBAL_DEFAULT);
+        am__prw_curl.global_init(CURL_GLOBAL_DEFAULT);
         curl_ready = true;
     }
     if (open_handle(prw, (uv_handle_t **)&prw->wake, sizeof(uv_async_t)) != 0 ||
@@ -871,8 +890,8 @@ static int prw_start(void *instance)
         open_handle(prw, (uv_handle_t **)&prw->retry_timer, sizeof(uv_timer_t)) != 0) {
         goto nomem;
     }
-    prw->multi = curl_multi_init();
-    prw->easy = curl_easy_init();
+    prw->multi = am__prw_curl.multi_init();
+    prw->easy = am__prw_curl.easy_init();
     if (prw->multi == NULL || prw->easy == NULL) {
         goto nomem;
     }
@@ -881,19 +900,19 @@ static int prw_start(void *instance)
     uv_timer_init(prw->loop, prw->retry_timer);
     prw->wake->data = prw->curl_timer->data = prw->retry_timer->data = prw;
     prw->open_handles = 3;
-    curl_multi_setopt(prw->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
-    curl_multi_setopt(prw->multi, CURLMOPT_SOCKETDATA, prw);
-    curl_multi_setopt(prw->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
-    curl_multi_setopt(prw->multi, CURLMOPT_TIMERDATA, prw);
+    am__prw_curl.multi_setopt(prw->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
+    am__prw_curl.multi_setopt(prw->multi, CURLMOPT_SOCKETDATA, prw);
+    am__prw_curl.multi_setopt(prw->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+    am__prw_curl.multi_setopt(prw->multi, CURLMOPT_TIMERDATA, prw);
     prw->started = true;
     return 0;
 nomem:
     if (prw->easy != NULL) {
-        curl_easy_cleanup(prw->easy);
+        am__prw_curl.easy_cleanup(prw->easy);
         prw->easy = NULL;
     }
     if (prw->multi != NULL) {
-        curl_multi_cleanup(prw->multi);
+        am__prw_curl.multi_cleanup(prw->multi);
         prw->multi = NULL;
     }
     am_free(prw->wake);

@@ -7,9 +7,9 @@
  * encoder only merges in __name__, `le` and the external labels and sorts
  * the short result.  All the protobuf-c structs of one request live in one
  * arena, packed once and compressed with snappy's block format (not the
- * framed/stream format: Prometheus reads raw blocks).
+ * framed/stream format: Prometheus reads raw blocks).  libsnappy is loaded
+ * at run time (prometheusremotewrite_dl.c) and called via am__prw_snappy.
  */
-#include <snappy-c.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -116,6 +116,9 @@ int am__prw_encode(const am_metric_set_t *set, const am_label_t *external, size_
     *body = NULL;
     *body_len = 0;
     *n_samples = 0;
+    if (am__prw_dl_load(NULL) != 0) {
+        return AM_ENOTSUP; /* the exporter's create reported why */
+    }
     enc.arena = am_arena_new(64 * 1024);
     if (enc.arena == NULL) {
         return AM_ENOMEM;
@@ -155,13 +158,13 @@ int am__prw_encode(const am_metric_set_t *set, const am_label_t *external, size_
         goto done;
     }
     prometheus__write_request__pack(&req, packed);
-    size_t compressed_len = snappy_max_compressed_length(packed_len);
+    size_t compressed_len = am__prw_snappy.max_compressed_length(packed_len);
     uint8_t *compressed = am_malloc(compressed_len + 1);
     if (compressed == NULL) {
         goto done;
     }
-    if (snappy_compress((const char *)packed, packed_len, (char *)compressed, &compressed_len) !=
-        SNAPPY_OK) {
+    if (am__prw_snappy.compress((const char *)packed, packed_len, (char *)compressed,
+                                &compressed_len) != SNAPPY_OK) {
         am_free(compressed);
         rc = AM_EIO;
         goto done;

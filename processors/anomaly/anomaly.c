@@ -261,35 +261,96 @@ static void smap_filter(smap_t *m, bool (*drop)(void *value, void *arg), void *a
 
 /* ---- state -------------------------------------------------------------------- */
 
+/* The trace ids an anomaly event names (at most MAX_TRACE_IDS), as raw
+ * bytes.  A session keeps one loop entry per distinct tool call, so these
+ * are most of this processor's memory: the first id is inline (most entries
+ * never see a second trace) and the rest are allocated when needed. */
 typedef struct trace_ids {
-    char ids[MAX_TRACE_IDS][33];
-    size_t n;
+    uint8_t first[16];
+    uint8_t (*more)[16]; /* MAX_TRACE_IDS - 1 slots, am_malloc'd; or NULL */
+    uint8_t n;
 } trace_ids_t;
 
-static void trace_ids_add(trace_ids_t *t, const char *id)
+static const uint8_t *trace_ids_at(const trace_ids_t *t, size_t i)
 {
+    return i == 0 ? t->first : t->more[i - 1];
+}
+
+static bool hex_to_id(const char *hex, uint8_t id[16])
+{
+    for (size_t i = 0; i < 16; i++) {
+        unsigned v = 0;
+        for (size_t k = 0; k < 2; k++) {
+            char c = hex[2 * i + k];
+            unsigned d = c >= '0' && c <= '9'   ? (unsigned)(c - '0')
+                         : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10)
+                         : c >= 'A' && c <= 'F' ? (unsigned)(c - 'A' + 10)
+                                                : 16u;
+            if (d == 16) {
+                return false;
+            }
+            v = v * 16 + d;
+        }
+        id[i] = (uint8_t)v;
+    }
+    return hex[32] == '\0';
+}
+
+static void trace_ids_add(trace_ids_t *t, const char *hex)
+{
+    uint8_t id[16];
+    if (!hex_to_id(hex, id)) {
+        return;
+    }
     for (size_t i = 0; i < t->n; i++) {
-        if (strcmp(t->ids[i], id) == 0) {
+        if (memcmp(trace_ids_at(t, i), id, 16) == 0) {
             return;
         }
     }
-    if (t->n < MAX_TRACE_IDS) {
-        snprintf(t->ids[t->n++], sizeof(t->ids[0]), "%s", id);
+    if (t->n == 0) {
+        memcpy(t->first, id, 16);
+        t->n = 1;
+        return;
     }
+    if (t->n >= MAX_TRACE_IDS) {
+        return;
+    }
+    if (t->more == NULL && (t->more = am_malloc((MAX_TRACE_IDS - 1) * sizeof(*t->more))) == NULL) {
+        return; /* the event names fewer traces; nothing else depends on it */
+    }
+    memcpy(t->more[t->n - 1], id, 16);
+    t->n++;
 }
 
+static void trace_ids_free(trace_ids_t *t)
+{
+    am_free(t->more);
+    t->more = NULL;
+    t->n = 0;
+}
+
+/* One (tool, arguments) of one trace, on its way to the session's owner. */
 typedef struct loop_entry {
     char *tool;
+    uint64_t hash;
+    int64_t count;
+} loop_entry_t;
+
+/* One (tool, arguments) of a session, kept until the session is forgotten:
+ * there is one per distinct call, so the tool is kept as a hash (its name
+ * comes with the message that fires the event). */
+typedef struct sess_entry {
+    uint64_t tool_hash;
     uint64_t hash;
     int64_t count;
     int64_t traces;
     bool fired;
     trace_ids_t trace_ids;
-} loop_entry_t;
+} sess_entry_t;
 
 typedef struct loop_sess {
-    loop_entry_t *entries;
-    size_t n_entries;
+    sess_entry_t *entries;
+    size_t n_entries, cap_entries;
     uint64_t last_seen_ns;
 } loop_sess_t;
 
@@ -297,7 +358,7 @@ static void loop_sess_free(void *p)
 {
     loop_sess_t *ls = p;
     for (size_t i = 0; ls != NULL && i < ls->n_entries; i++) {
-        am_free(ls->entries[i].tool);
+        trace_ids_free(&ls->entries[i].trace_ids);
     }
     if (ls != NULL) {
         am_free(ls->entries);
@@ -317,7 +378,11 @@ typedef struct burn {
 
 static void burn_free(void *p)
 {
-    am_free(p);
+    burn_t *b = p;
+    if (b != NULL) {
+        trace_ids_free(&b->trace_ids);
+    }
+    am_free(b);
 }
 
 typedef struct anomaly_inst anomaly_inst_t;
@@ -427,7 +492,8 @@ static int add_anomaly_event(anomaly_inst_t *inst, am_batch_t *batch, const char
     json_object_object_add(o, "evidence", evidence);
     json_object *arr = json_object_new_array();
     for (size_t i = 0; i < ids->n; i++) {
-        json_object_array_add(arr, json_object_new_string(ids->ids[i]));
+        char hex[33];
+        json_object_array_add(arr, json_object_new_string(am_hex(trace_ids_at(ids, i), 16, hex)));
     }
     json_object_object_add(o, "trace_ids", arr);
     const char *text =
@@ -474,16 +540,17 @@ static am_batch_t *out_batch(am_batch_t **out)
     return *out;
 }
 
-static json_object *loop_evidence(const loop_entry_t *e, int64_t max_repeats)
+static json_object *loop_evidence(const char *tool, uint64_t args_hash, int64_t count,
+                                  int64_t traces, int64_t max_repeats)
 {
     char hash[17];
-    snprintf(hash, sizeof(hash), "%016llx", (unsigned long long)e->hash);
+    snprintf(hash, sizeof(hash), "%016llx", (unsigned long long)args_hash);
     json_object *ev = json_object_new_object();
-    json_object_object_add(ev, "tool", json_object_new_string(e->tool));
+    json_object_object_add(ev, "tool", json_object_new_string(tool));
     json_object_object_add(ev, "arguments_hash", json_object_new_string(hash));
-    json_object_object_add(ev, "count", json_object_new_int64(e->count));
+    json_object_object_add(ev, "count", json_object_new_int64(count));
     json_object_object_add(ev, "max_repeats", json_object_new_int64(max_repeats));
-    json_object_object_add(ev, "traces", json_object_new_int64(e->traces));
+    json_object_object_add(ev, "traces", json_object_new_int64(traces));
     return ev;
 }
 
@@ -522,9 +589,10 @@ static void apply_loops(anomaly_inst_t *inst, loop_msg_t *msg)
     am_batch_t *out = NULL;
     for (size_t i = 0; i < msg->n_entries; i++) {
         const loop_entry_t *in = &msg->entries[i];
-        loop_entry_t *e = NULL;
+        uint64_t tool_hash = fnv1a(in->tool, strlen(in->tool));
+        sess_entry_t *e = NULL;
         for (size_t j = 0; j < ls->n_entries; j++) {
-            if (ls->entries[j].hash == in->hash && strcmp(ls->entries[j].tool, in->tool) == 0) {
+            if (ls->entries[j].hash == in->hash && ls->entries[j].tool_hash == tool_hash) {
                 e = &ls->entries[j];
                 break;
             }
@@ -533,16 +601,19 @@ static void apply_loops(anomaly_inst_t *inst, loop_msg_t *msg)
             if (ls->n_entries == MAX_LOOP_ENTRIES) {
                 continue;
             }
-            loop_entry_t *grown = am_realloc(ls->entries, (ls->n_entries + 1) * sizeof(*grown));
-            if (grown == NULL) {
-                continue;
+            if (ls->n_entries == ls->cap_entries) {
+                size_t cap = ls->cap_entries < 4 ? 4 : ls->cap_entries * 2;
+                cap = cap > MAX_LOOP_ENTRIES ? MAX_LOOP_ENTRIES : cap;
+                sess_entry_t *grown = am_realloc(ls->entries, cap * sizeof(*grown));
+                if (grown == NULL) {
+                    continue;
+                }
+                ls->entries = grown;
+                ls->cap_entries = cap;
             }
-            ls->entries = grown;
             e = &ls->entries[ls->n_entries];
             memset(e, 0, sizeof(*e));
-            if ((e->tool = am_strdup(in->tool)) == NULL) {
-                continue;
-            }
+            e->tool_hash = tool_hash;
             e->hash = in->hash;
             ls->n_entries++;
         }
@@ -553,8 +624,9 @@ static void apply_loops(anomaly_inst_t *inst, loop_msg_t *msg)
             e->fired = true;
             if (out_batch(&out) != NULL) {
                 add_anomaly_event(inst, out, "loop", "session.id", msg->session,
-                                  loop_evidence(e, inst->cfg->loops.max_repeats), &e->trace_ids, 0,
-                                  now);
+                                  loop_evidence(in->tool, e->hash, e->count, e->traces,
+                                                inst->cfg->loops.max_repeats),
+                                  &e->trace_ids, 0, now);
             }
         }
     }
@@ -576,7 +648,7 @@ static void check_loops(anomaly_inst_t *inst, am_batch_t *batch, am_trace_t *tra
     const char *session = NULL;
     for (uint32_t i = 0; i < trace->n_spans; i++) {
         am_span_ref_t *ref = &trace->spans[i];
-        am_attr_scope_begin(ref->span, NULL, ref->resource);
+        am_attr_scope_begin_known(ref->span, &ref->known, NULL, ref->resource);
         if (session == NULL) {
             session = am_attr_first_str(ref->span, ref->resource, session_keys);
         }
@@ -619,10 +691,10 @@ static void check_loops(anomaly_inst_t *inst, am_batch_t *batch, am_trace_t *tra
             if (entries[j].count > inst->cfg->loops.max_repeats) {
                 trace_ids_t ids = {.n = 0};
                 trace_ids_add(&ids, trace_hex);
-                entries[j].traces = 1;
                 add_anomaly_event(inst, batch, "loop", "trace", trace_hex,
-                                  loop_evidence(&entries[j], inst->cfg->loops.max_repeats), &ids, 0,
-                                  now);
+                                  loop_evidence(entries[j].tool, entries[j].hash, entries[j].count,
+                                                1, inst->cfg->loops.max_repeats),
+                                  &ids, 0, now);
             }
             am_free(entries[j].tool);
         }

@@ -1128,7 +1128,7 @@ static void process_trace(budget_inst_t *inst, am_batch_t *batch, am_trace_t *tr
         for (uint32_t i = 0; i < trace->n_spans; i++) {
             am_span_ref_t *ref = &trace->spans[i];
             /* replaces the previous span's scope; ended after the loop */
-            am_attr_scope_begin(ref->span, NULL, ref->resource);
+            am_attr_scope_begin_known(ref->span, &ref->known, NULL, ref->resource);
             const char *key = span_key(b, ref, trace_hex);
             if (key == NULL) {
                 continue;

@@ -8,8 +8,9 @@
  * below it data flows again.  Nothing already accepted is dropped.
  *
  * What is measured, and why two numbers: the bytes reserved by live request
- * arenas (an atomic, exact and free to read) are what agentmeter actually
- * holds for data in flight; they are compared with the soft limit.  RSS is
+ * arenas plus the encoded messages exporters hold until acknowledged
+ * (am_memory_in_flight: atomics, exact and free to read) are what agentmeter
+ * actually holds for data in flight; they are compared with the soft limit.  RSS is
  * read every `check_interval` and compared with the hard limit only: glibc
  * rarely hands freed heap back to the kernel, so after a burst RSS can stay
  * above the soft limit with nothing buffered, and a limiter deciding on RSS
@@ -80,7 +81,7 @@ static int64_t soft_limit(const limiter_t *lim)
  * buffers), and refusing would stall ingestion forever without lowering it. */
 static bool over_limit(limiter_t *lim)
 {
-    int64_t in_flight = (int64_t)am_arena_total_reserved();
+    int64_t in_flight = (int64_t)am_memory_in_flight();
     return in_flight > soft_limit(lim) ||
            (atomic_load(&lim->rss_bytes) > lim->cfg.limit_bytes && in_flight > soft_limit(lim) / 4);
 }
@@ -97,12 +98,16 @@ static void on_check(uv_timer_t *timer)
     bool over = over_limit(lim);
     if (over != lim->was_over) {
         lim->was_over = over;
+        struct mallinfo2 heap = mallinfo2();
         AM_WARN(lim->id,
                 "memory %s the limits (RSS %lld MiB, hard limit %lld MiB; data in flight %lld "
-                "MiB, soft limit %lld MiB)",
+                "MiB, soft limit %lld MiB; malloc heap %lld MiB in use, %lld MiB free, %lld "
+                "MiB mmapped)",
                 over ? "above" : "back below", (long long)(rss >> 20),
                 (long long)(lim->cfg.limit_bytes >> 20),
-                (long long)(am_arena_total_reserved() >> 20), (long long)(soft_limit(lim) >> 20));
+                (long long)(am_memory_in_flight() >> 20), (long long)(soft_limit(lim) >> 20),
+                (long long)(heap.uordblks >> 20), (long long)(heap.fordblks >> 20),
+                (long long)(heap.hblkhd >> 20));
     }
 }
 

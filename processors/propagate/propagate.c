@@ -194,12 +194,12 @@ static void set_cached(walk_ctx_t *ctx, am_pb_span_t *span, const char *key,
 /* One span: own aliases, then inheritance, then own resource. `parent` is
  * the parent span (already visited) or NULL; `cached` stands in for a
  * parent for roots of late traces (may be NULL). */
-static void visit_span(walk_ctx_t *ctx, const am_span_ref_t *ref, const am_pb_span_t *parent,
+static void visit_span(walk_ctx_t *ctx, am_span_ref_t *ref, const am_pb_span_t *parent,
                        const propagate_value_t *cached)
 {
     am_pb_span_t *span = ref->span;
     bool overwrite = ctx->prop->overwrite;
-    am_attr_scope_begin(span, parent, ref->resource);
+    am_attr_scope_begin_known(span, &ref->known, parent, ref->resource);
     for (size_t f = 0; f < AM_ARRAY_SIZE(canonical_fields); f++) {
         const char *const *keys = canonical_fields[f];
         if (span_value(span, keys[0]) != NULL) {
@@ -259,14 +259,14 @@ static void visit_span(walk_ctx_t *ctx, const am_span_ref_t *ref, const am_pb_sp
 static uint32_t walk_subtree(walk_ctx_t *ctx, const am_trace_t *trace, uint32_t top,
                              const propagate_value_t *cached, uint32_t budget)
 {
-    const am_span_ref_t *spans = trace->spans;
+    am_span_ref_t *spans = trace->spans;
     uint32_t visited = 0;
     uint32_t node = top;
     for (;;) {
         if (++visited > budget) {
             return visited;
         }
-        const am_span_ref_t *ref = &spans[node];
+        am_span_ref_t *ref = &spans[node];
         const am_pb_span_t *parent =
             node != top && ref->parent != AM_SPAN_NONE ? spans[ref->parent].span : NULL;
         visit_span(ctx, ref, parent, node == top ? cached : NULL);

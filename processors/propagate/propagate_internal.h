@@ -29,7 +29,7 @@ typedef enum propagate_value_type {
 typedef struct propagate_value {
     propagate_value_type_t type;
     union {
-        char *str; /* malloc'd, owned by the cache */
+        char *str; /* in the same allocation as the value array */
         int64_t i;
         double d;
         bool b;

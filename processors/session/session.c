@@ -1183,7 +1183,7 @@ static void process_trace(session_inst_t *inst, am_batch_t *batch, am_trace_t *t
         if (ref->span == NULL) {
             continue;
         }
-        am_attr_scope_begin(ref->span, NULL, ref->resource);
+        am_attr_scope_begin_known(ref->span, &ref->known, NULL, ref->resource);
         const action_t *action =
             action_match(inst->actions, inst->n_actions, ref->span, ref->resource);
         if (action != NULL) {

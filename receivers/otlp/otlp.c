@@ -22,6 +22,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "am_attr.h"
 #include "am_log.h"
 #include "otlp_internal.h"
 
@@ -365,6 +366,7 @@ void am__otlp_export(am__otlp_receiver_t *rcv, int transport, am__otlp_format_t 
     size_t rejected =
         am__otlp_drop_invalid_spans(req, reply->partial_message, sizeof(reply->partial_message));
     reply->rejected_spans = (int64_t)rejected;
+    am_attr_intern_keys(req); /* a no-op for keys the protobuf decoder interned */
     if (rejected > 0) {
         am_counter_add(rcv->refused[transport], rejected);
     }

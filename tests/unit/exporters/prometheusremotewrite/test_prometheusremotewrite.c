@@ -9,7 +9,10 @@
  * four protocol headers (user headers added, never replacing them), 503 and
  * 429 retried (Retry-After honoured), 400 dropped and counted without
  * retry, requests strictly one after another so samples stay in time order,
- * and a full queue refusing with AM_RETRY.
+ * and a full queue refusing with AM_RETRY.  Last, the run-time loading of
+ * libcurl and libsnappy (prometheusremotewrite_dl.c): it works here, and a
+ * missing library or symbol is an error naming the library, both from the
+ * loader and from `agentmeter validate`, never a crash.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,6 +21,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <snappy-c.h>
@@ -370,6 +375,132 @@ static void test_validate(void **state)
     am_config_free(conf);
 }
 
+/* ---- libcurl and libsnappy loaded at run time ------------------------------------------ */
+
+static void test_dl_loads_here(void **state)
+{
+    (void)state;
+    const char *err = "not set";
+    assert_int_equal(am__prw_dl_load(&err), 0);
+    assert_null(err);
+    assert_non_null(am__prw_curl.handle);
+    assert_non_null(am__prw_curl.easy_setopt);
+    assert_non_null(am__prw_curl.slist_free_all);
+    assert_non_null(am__prw_snappy.compress);
+    /* once per process: the same tables again */
+    void *handle = am__prw_curl.handle;
+    assert_int_equal(am__prw_dl_load(NULL), 0);
+    assert_ptr_equal(am__prw_curl.handle, handle);
+    /* the table really is libcurl */
+    struct curl_slist *list = am__prw_curl.slist_append(NULL, "X-Test: 1");
+    assert_non_null(list);
+    assert_string_equal(list->data, "X-Test: 1");
+    am__prw_curl.slist_free_all(list);
+    /* the seam on the real sonames, opened and closed again */
+    am__prw_curl_t curl;
+    am__prw_snappy_t snappy;
+    char why[512];
+    assert_int_equal(am__prw_dl_open(AM__PRW_CURL_SONAME, AM__PRW_SNAPPY_SONAME, &curl, &snappy,
+                                     why, sizeof(why)),
+                     0);
+    assert_non_null(curl.multi_socket_action);
+    assert_non_null(snappy.max_compressed_length);
+    am__prw_dl_close(&curl, &snappy);
+    assert_null(curl.handle);
+}
+
+static void expect_dl_failure(const char *curl_soname, const char *snappy_soname, const char *names,
+                              const char *also)
+{
+    am__prw_curl_t curl;
+    am__prw_snappy_t snappy;
+    char why[512];
+    memset(&curl, 0xff, sizeof(curl));
+    assert_int_equal(am__prw_dl_open(curl_soname, snappy_soname, &curl, &snappy, why, sizeof(why)),
+                     AM_ENOENT);
+    assert_non_null(strstr(why, "cannot load "));
+    assert_non_null(strstr(why, names));
+    if (also != NULL) {
+        assert_non_null(strstr(why, also));
+    }
+    /* nothing half-loaded is left behind */
+    assert_null(curl.handle);
+    assert_null(curl.easy_init);
+    assert_null(snappy.handle);
+    assert_null(snappy.compress);
+}
+
+static void test_dl_missing_library_is_an_error(void **state)
+{
+    (void)state;
+    /* the library is missing */
+    expect_dl_failure("libcurl-missing.so.4", AM__PRW_SNAPPY_SONAME, "libcurl-missing.so.4",
+                      "cannot open shared object file");
+    /* the second one is missing: the first is released again */
+    expect_dl_failure(AM__PRW_CURL_SONAME, "libsnappy-missing.so.1", "libsnappy-missing.so.1",
+                      NULL);
+    /* a library without the symbols */
+    expect_dl_failure(AM__PRW_CURL_SONAME, "libc.so.6", "libc.so.6", "snappy_compress");
+    /* the process-wide tables are untouched */
+    assert_int_equal(am__prw_dl_load(NULL), 0);
+    assert_non_null(am__prw_snappy.compress);
+}
+
+/* The whole way: `agentmeter validate` on a config with this exporter, in a
+ * process whose dynamic loader finds a broken libcurl.so.4 first
+ * (LD_LIBRARY_PATH), exits 1 with the library's name and the package to
+ * install, instead of crashing. */
+static void test_missing_library_fails_the_config(void **state)
+{
+    (void)state;
+    const char *bin_dir = getenv("AM_BINARY_DIR");
+    char bin[1024];
+    snprintf(bin, sizeof(bin), "%s/agentmeter", bin_dir != NULL ? bin_dir : "");
+    if (bin_dir == NULL || access(bin, X_OK) != 0) {
+        skip(); /* run outside ctest, or agentmeter not built */
+    }
+    char dir[] = "/tmp/am-prw-dl-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char lib[1100], conf[1100], cmd[4096];
+    snprintf(lib, sizeof(lib), "%s/libcurl.so.4", dir);
+    snprintf(conf, sizeof(conf), "%s/prw.yaml", dir);
+    FILE *f = fopen(lib, "w");
+    assert_non_null(f);
+    fputs("not a shared library\n", f);
+    fclose(f);
+    f = fopen(conf, "w");
+    assert_non_null(f);
+    fputs("receivers:\n"
+          "  otlp: { protocols: { http: { endpoint: \"127.0.0.1:0\" } } }\n"
+          "connectors:\n"
+          "  costmetrics: {}\n"
+          "exporters:\n"
+          "  prometheusremotewrite: { endpoint: \"http://127.0.0.1:9/api/v1/write\" }\n"
+          "service:\n"
+          "  pipelines:\n"
+          "    traces: { receivers: [otlp], exporters: [costmetrics] }\n"
+          "    metrics: { receivers: [costmetrics], exporters: [prometheusremotewrite] }\n",
+          f);
+    fclose(f);
+    snprintf(cmd, sizeof(cmd), "LD_LIBRARY_PATH='%s' '%s' validate --config '%s' 2>&1", dir, bin,
+             conf);
+    FILE *out = popen(cmd, "r");
+    assert_non_null(out);
+    char text[8192];
+    size_t len = fread(text, 1, sizeof(text) - 1, out);
+    text[len] = '\0';
+    int status = pclose(out);
+    printf("%s", text);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 1);
+    assert_non_null(strstr(text, "exporters.prometheusremotewrite: cannot load libcurl.so.4: "));
+    assert_non_null(strstr(text, lib));
+    assert_non_null(strstr(text, "libcurl4"));
+    unlink(lib);
+    unlink(conf);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -377,6 +508,9 @@ int main(void)
         cmocka_unit_test(test_exporter_retries_and_drops),
         cmocka_unit_test(test_queue_full_refuses),
         cmocka_unit_test(test_validate),
+        cmocka_unit_test(test_dl_loads_here),
+        cmocka_unit_test(test_dl_missing_library_is_an_error),
+        cmocka_unit_test(test_missing_library_fails_the_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -108,6 +108,7 @@ static void test_tool_loop_across_session(void **state)
     assert_string_equal(c2_get(o, "key"), "looping");
     assert_string_equal(c2_get(o, "evidence.count"), "6");
     assert_string_equal(c2_get(o, "evidence.traces"), "3");
+    assert_string_equal(c2_get(o, "evidence.tool"), "read_file");
     json_object *ids;
     assert_true(json_object_object_get_ex(o, "trace_ids", &ids));
     assert_int_equal(json_object_array_length(ids), 3);
