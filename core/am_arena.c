@@ -95,8 +95,8 @@ void am_arena_unref(am_arena_t *arena)
     }
     atomic_fetch_sub(&total_reserved, arena->reserved);
     arena_chunk_t *chunk = arena->head;
-    /* The header lives in the last chunk of the list (the first allocated);
-     * free it last. */
+    /* The header lives in one of the chunks: nothing reads `arena` after
+     * the loop starts. */
     while (chunk != NULL) {
         arena_chunk_t *next = chunk->next;
         am_free(chunk);
@@ -112,6 +112,22 @@ static void *arena_take(am_arena_t *arena, size_t size, size_t align)
     }
     arena_chunk_t *chunk = arena->head;
     size_t offset = (chunk->used + align - 1) & ~(align - 1);
+    if ((offset > chunk->size || chunk->size - offset < size) && size > arena->next_chunk / 2) {
+        /* A large block (a decoder's one allocation for a whole request)
+         * gets a chunk of exactly its size behind the current one, which
+         * keeps serving small allocations; the growth is not bumped. */
+        arena_chunk_t *own = chunk_new(size);
+        if (own == NULL) {
+            return NULL;
+        }
+        own->used = size;
+        own->next = chunk->next;
+        chunk->next = own;
+        arena->reserved += CHUNK_HDR + size;
+        arena->used += size;
+        atomic_fetch_add(&total_reserved, CHUNK_HDR + size);
+        return (char *)own + CHUNK_HDR;
+    }
     if (offset > chunk->size || chunk->size - offset < size) {
         size_t want = arena->next_chunk;
         if (want > ARENA_MAX_GROWTH) {

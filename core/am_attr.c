@@ -381,8 +381,7 @@ static bool parse_int_text(const char *s, int64_t *out)
     return true;
 }
 
-bool am_attr_get_int(am_pb_keyvalue_t *const *attrs, size_t n_attrs, const char *key,
-                     int64_t *out)
+bool am_attr_get_int(am_pb_keyvalue_t *const *attrs, size_t n_attrs, const char *key, int64_t *out)
 {
     const am_pb_anyvalue_t *v = am_attr_find(attrs, n_attrs, key);
     if (v == NULL) {
@@ -445,7 +444,8 @@ const char *am_attr_first_str(const am_pb_span_t *span, const am_pb_resource_t *
 {
     const char *value;
     for (size_t i = 0; keys[i] != NULL; i++) {
-        if (span != NULL && am_attr_get_str(span->attributes, span->n_attributes, keys[i], &value)) {
+        if (span != NULL &&
+            am_attr_get_str(span->attributes, span->n_attributes, keys[i], &value)) {
             return value;
         }
     }
@@ -515,8 +515,7 @@ static am_pb_anyvalue_t *span_slot(am_arena_t *arena, am_pb_span_t *span, const 
     bool in_place = scope.active && scope.grown_span == span && scope.grown != NULL &&
                     span->attributes == scope.grown && n < scope.grown_cap;
     size_t cap = scope.active ? n + IX_GROW_SPARE : n + 1;
-    am_pb_keyvalue_t **grown =
-        in_place ? scope.grown : am_arena_alloc(arena, cap * sizeof(*grown));
+    am_pb_keyvalue_t **grown = in_place ? scope.grown : am_arena_alloc(arena, cap * sizeof(*grown));
     /* a KeyValue and its value in one allocation, as the decoder lays them out */
     struct {
         am_pb_keyvalue_t kv;

@@ -11,12 +11,12 @@
  * arenas plus the encoded messages exporters hold until acknowledged
  * (am_memory_in_flight: atomics, exact and free to read) are what agentmeter
  * actually holds for data in flight; they are compared with the soft limit.  RSS is
- * read every `check_interval` and compared with the hard limit only: glibc
- * rarely hands freed heap back to the kernel, so after a burst RSS can stay
- * above the soft limit with nothing buffered, and a limiter deciding on RSS
- * alone would refuse data forever.  Above the hard limit it asks malloc to
- * return free memory (malloc_trim) and reads RSS again, and refuses only
- * while a real share of the data in flight is still held (see over_limit).
+ * read every `check_interval`; what RSS holds beyond the data in flight
+ * (state, libraries, allocator slack) is the floor, and data is refused once
+ * floor + data in flight would pass the soft limit (see allowed_in_flight).
+ * A limiter deciding on RSS alone would refuse data forever after a burst:
+ * glibc rarely hands freed heap back to the kernel, so above the soft limit
+ * the check asks malloc to return free memory (malloc_trim) first.
  * It runs first in the
  * pipeline, on the receiver's thread, before the batch goes to the shards.
  */
@@ -51,7 +51,9 @@ typedef struct limiter {
     uv_timer_t timer;
     bool timer_open;
     _Atomic int64_t rss_bytes;
-    bool was_over; /* main loop only */
+    _Atomic int64_t floor_bytes; /* RSS - data in flight at the last check */
+    bool was_over;               /* main loop only */
+    bool floor_was_high;         /* main loop only */
     am_counter_t *refused_spans;
     char *id;
 } limiter_t;
@@ -75,39 +77,61 @@ static int64_t soft_limit(const limiter_t *lim)
     return lim->cfg.limit_bytes - lim->cfg.spike_bytes;
 }
 
-/* Above the hard limit, refusing only helps while we still hold data that
- * draining will free: with less than a quarter of the soft limit in flight,
- * what RSS holds is not ours to give back (allocator slack, library
- * buffers), and refusing would stall ingestion forever without lowering it. */
+/* The decision, on every batch.  RSS = data in flight + the rest (state
+ * such as open sessions and caches, libraries, allocator slack), and only
+ * the first can be refused.  So the rest is measured at each check (`floor`
+ * = RSS - data in flight then) and data is refused once what is in flight
+ * now would take floor + in flight past the soft limit.  When the rest alone
+ * nearly fills the soft limit, a quarter of it stays open to data in flight
+ * all the same: refusing everything could never lower state or slack, and
+ * ingestion would stall for good (the warning below says so). */
+static int64_t allowed_in_flight(const limiter_t *lim)
+{
+    int64_t allowed = soft_limit(lim) - atomic_load(&lim->floor_bytes);
+    return allowed < soft_limit(lim) / 4 ? soft_limit(lim) / 4 : allowed;
+}
+
 static bool over_limit(limiter_t *lim)
 {
+    return (int64_t)am_memory_in_flight() > allowed_in_flight(lim);
+}
+
+static void update_floor(limiter_t *lim, int64_t rss)
+{
     int64_t in_flight = (int64_t)am_memory_in_flight();
-    return in_flight > soft_limit(lim) ||
-           (atomic_load(&lim->rss_bytes) > lim->cfg.limit_bytes && in_flight > soft_limit(lim) / 4);
+    atomic_store(&lim->rss_bytes, rss);
+    atomic_store(&lim->floor_bytes, rss > in_flight ? rss - in_flight : 0);
 }
 
 static void on_check(uv_timer_t *timer)
 {
     limiter_t *lim = timer->data;
     int64_t rss = read_rss();
-    if (rss > lim->cfg.limit_bytes) {
+    if (rss > soft_limit(lim)) {
+        /* freed heap that glibc keeps is not ours to count as the floor */
         malloc_trim(0);
         rss = read_rss();
     }
-    atomic_store(&lim->rss_bytes, rss);
+    update_floor(lim, rss);
     bool over = over_limit(lim);
-    if (over != lim->was_over) {
+    bool floor_high = atomic_load(&lim->floor_bytes) > soft_limit(lim) * 3 / 4;
+    if (over != lim->was_over || floor_high != lim->floor_was_high) {
         lim->was_over = over;
+        lim->floor_was_high = floor_high;
         struct mallinfo2 heap = mallinfo2();
         AM_WARN(lim->id,
                 "memory %s the limits (RSS %lld MiB, hard limit %lld MiB; data in flight %lld "
-                "MiB, soft limit %lld MiB; malloc heap %lld MiB in use, %lld MiB free, %lld "
-                "MiB mmapped)",
+                "MiB of %lld MiB allowed, the rest %lld MiB, soft limit %lld MiB; malloc heap "
+                "%lld MiB in use, %lld MiB free)%s",
                 over ? "above" : "back below", (long long)(rss >> 20),
-                (long long)(lim->cfg.limit_bytes >> 20),
-                (long long)(am_memory_in_flight() >> 20), (long long)(soft_limit(lim) >> 20),
-                (long long)(heap.uordblks >> 20), (long long)(heap.fordblks >> 20),
-                (long long)(heap.hblkhd >> 20));
+                (long long)(lim->cfg.limit_bytes >> 20), (long long)(am_memory_in_flight() >> 20),
+                (long long)(allowed_in_flight(lim) >> 20),
+                (long long)(atomic_load(&lim->floor_bytes) >> 20),
+                (long long)(soft_limit(lim) >> 20), (long long)(heap.uordblks >> 20),
+                (long long)(heap.fordblks >> 20),
+                floor_high ? ": state and libraries alone fill most of the soft limit, raise "
+                             "limit_mib"
+                           : "");
     }
 }
 
@@ -152,7 +176,7 @@ static int limiter_create(const am_create_params_t *params, void **instance)
 static int limiter_start(void *instance)
 {
     limiter_t *lim = instance;
-    atomic_store(&lim->rss_bytes, read_rss());
+    update_floor(lim, read_rss());
     uv_timer_init(lim->loop, &lim->timer);
     lim->timer.data = lim;
     lim->timer_open = true;

@@ -347,7 +347,10 @@ void am__otlp_export(am__otlp_receiver_t *rcv, int transport, am__otlp_format_t 
         snprintf(reply->message, sizeof(reply->message), "receiver is shutting down");
         goto done;
     }
-    am_arena_t *arena = am_arena_new(len * 2 + 1024);
+    /* The protobuf decoder takes one block of exactly the decoded size (a
+     * chunk of its own, core/am_arena.c); JSON decodes field by field into
+     * less than twice the body. */
+    am_arena_t *arena = am_arena_new(format == AM__OTLP_JSON ? len * 2 + 1024 : 4096);
     if (arena == NULL) {
         code = AM__GRPC_UNAVAILABLE;
         snprintf(reply->message, sizeof(reply->message), "out of memory");

@@ -13,6 +13,10 @@
  * will allocate it.  The walk allocates nothing and its recursion is bounded
  * by the depth limit, so a hostile request costs one linear pass.
  *
+ * Unpacking itself is core/am_otlp_unpack.c's hand-written decoder, which
+ * builds the same structs as protobuf-c in about half the memory; protobuf-c
+ * stays the fallback for the rare shapes it leaves alone.
+ *
  * Decompression is bounded the same way: output is produced into a buffer
  * that may grow only up to limit + 1 bytes; reaching the extra byte means
  * "too large" whatever the compressed size claimed (gzip bombs, zstd frames
@@ -25,6 +29,7 @@
 #include <zlib.h>
 #include <zstd.h>
 
+#include "am_otlp_unpack.h"
 #include "otlp_internal.h"
 
 /* ---- status mapping -------------------------------------------------- */
@@ -590,6 +595,25 @@ int am__otlp_decode_proto(am_arena_t *arena, const uint8_t *buf, size_t len,
     if (rc != 0) {
         return rc;
     }
+    /* The hand-written decoder takes nearly every request (core/am_otlp_unpack.c);
+     * shapes it leaves alone (AM_ENOTSUP) go to protobuf-c below.  Its depth cap
+     * is fixed: when max_attribute_depth allows more, its "too deep" must not
+     * be the last word, so then protobuf-c decides as well. */
+    rc = am_otlp_unpack_traces(arena, buf, len, out);
+    if (rc == 0) {
+        return 0;
+    }
+    if (rc == AM_ENOMEM) {
+        snprintf(err, err_size, "out of memory decoding the request");
+        return AM__GRPC_UNAVAILABLE;
+    }
+    if (rc == AM_EINVAL && limits->max_depth <= AM_OTLP_UNPACK_MAX_DEPTH) {
+        /* The pre-scan accepted the wire format: a field of the wrong type. */
+        snprintf(err, err_size,
+                 "malformed protobuf: not a valid ExportTraceServiceRequest (field types do "
+                 "not match the schema)");
+        return AM__GRPC_INVALID_ARGUMENT;
+    }
     tracked_allocator_t tracked = {.arena = am_arena_allocator(arena)};
     ProtobufCAllocator allocator = {
         .alloc = tracked_alloc,
@@ -610,6 +634,14 @@ int am__otlp_decode_proto(am_arena_t *arena, const uint8_t *buf, size_t len,
                  "malformed protobuf: not a valid ExportTraceServiceRequest (field types do "
                  "not match the schema)");
         return AM__GRPC_INVALID_ARGUMENT;
+    }
+    /* protobuf-c merges a singular message given twice (two `resource`s:
+     * their attribute lists concatenate), which the pre-scan counts per
+     * instance; such requests only ever come this way, so check the limits
+     * on what was decoded. */
+    rc = am__otlp_check_limits(req, limits, err, err_size);
+    if (rc != 0) {
+        return rc;
     }
     *out = req;
     return 0;

@@ -59,7 +59,11 @@ FULL_PROCESSORS = ["memory_limiter", "tracetree", "propagate", "ratecard", "roll
                    "session", "budget", "anomaly"]
 # Bench settings that differ from the defaults, and why (also printed in the report).
 MEMORY_LIMIT_MIB = 64
-SPIKE_LIMIT_MIB = 16
+# spike_limit_mib is the headroom for what grows after a batch is admitted: the
+# processors' cost attributes and new batches, the Kafka messages (~1.5x the decoded
+# request in all) and state between two checks.  With 40 of 64 MiB the full chain
+# peaks just under 64 MiB (measured 59-61 MiB on 300,000 spans, 2026-11-24).
+SPIKE_LIMIT_MIB = 40
 # When the full chain stalls under the 64 MiB limit, the same chain is measured again
 # with this limit, so the report still shows what the chain itself can do.
 DIAG_LIMIT_MIB = 2048
@@ -67,7 +71,7 @@ DIAG_SPIKE_MIB = 128
 # loadgen gives up when no request finishes for good for this long (a pipeline stuck
 # in backpressure), so a stalled run costs seconds, not the whole time budget.
 STALL_S = 5
-TRACETREE_WAIT = "250ms"
+TRACETREE_WAIT = "100ms"
 TRACETREE_MAX_WAIT = "5s"
 
 
@@ -869,7 +873,8 @@ def write_report(env, R, path):
         d16 = stats([r["headline_per_s"] for r in R["full_diag"][16]])
         p4 = stats([r["peak_rss_kib"] / 1024 for r in R["full_diag"][4]])
         p16 = stats([r["peak_rss_kib"] / 1024 for r in R["full_diag"][16]])
-        L.append(f"The full chain **stalled** under the {MEMORY_LIMIT_MIB} MiB memory limit (see "
+        L.append(f"The full chain " + ("**stalled**" if R["stalled"] else "is throttled by "
+                 "backpressure") + f" under the {MEMORY_LIMIT_MIB} MiB memory limit (see "
                  f"*full*). With the limit raised to {DIAG_LIMIT_MIB} MiB the same chain "
                  f"delivers {fmt(d4[1] if d4 else None)} spans/s at 4 connections and "
                  f"{fmt(d16[1] if d16 else None)} at 16 (median), peaking at "
@@ -938,9 +943,11 @@ def write_report(env, R, path):
     if R.get("full_diag"):
         L.append(f"### The same chain with `memory_limiter` at {DIAG_LIMIT_MIB} MiB (diagnostic)")
         L.append("")
-        L.append(f"The runs above stalled: at least one ended because no Export finished for "
-                 f"{STALL_S} s, every attempt answered UNAVAILABLE by `memory_limiter` (see the "
-                 "stalled row). So the suite ran the same chain again with a memory limit it does "
+        L.append((f"The runs above stalled: at least one ended because no Export finished for "
+                  f"{STALL_S} s, every attempt answered UNAVAILABLE by `memory_limiter` (see the "
+                  "stalled row)." if R["stalled"] else "The runs above stayed within the memory "
+                  "limit by refusing data (UNAVAILABLE, retried by loadgen), below the throughput "
+                  "target.") + " So the suite ran the same chain again with a memory limit it does "
                  "not reach, to show what the chain itself delivers and how much memory it takes "
                  "doing so. These rows are not the targets' figures; the latency run and the "
                  "profile below use this configuration.")
@@ -989,8 +996,8 @@ def write_report(env, R, path):
     L.append("")
     L.append(f"Rate {fmt(R['latency_rate'])} spans/s (half the median full figure at 4 "
              "connections"
-             + (f", from the {DIAG_LIMIT_MIB} MiB diagnostic runs because the bench config "
-                "stalled; this run uses that config too" if R.get("full_diag") else "")
+             + (f", from the {DIAG_LIMIT_MIB} MiB diagnostic runs; this run uses that config "
+                "too" if R.get("full_diag") else "")
              + "), 4 connections, open-loop schedule. The tracetree wait does not "
              "delay the Export answer.")
     L.append("")
@@ -1164,13 +1171,14 @@ def main():
         full4 = statistics.median(r["headline_per_s"] or 0 for r in R["full"][4])
         full16 = statistics.median(r["headline_per_s"] or 0 for r in R["full"][16])
 
-        # The chain stalled under the bench memory limit: measure the same chain with a
-        # limit it does not reach, so the report shows what it can do, and use that for
-        # the latency run and the profile.
+        # The chain stalled, or missed the throughput target, under the bench memory
+        # limit: measure the same chain with a limit it does not reach, so the report
+        # shows what the chain itself can do, and use that for the latency run and the
+        # profile.
         R["stalled"] = any(r["stalled"] for c in (4, 16) for r in R["full"][c])
         chain_limit = (MEMORY_LIMIT_MIB, SPIKE_LIMIT_MIB)
         max4 = full4
-        if R["stalled"]:
+        if R["stalled"] or min(full4, full16) < TARGETS["full_spans_per_s"]:
             chain_limit = (DIAG_LIMIT_MIB, DIAG_SPIKE_MIB)
             R["full_diag"] = {}
             for conns in (4, 16):
@@ -1214,8 +1222,8 @@ def main():
              True, 2, ""),
             ("full / limit (16 connections)", full16 / R["limit_median"],
              TARGETS["full_over_limit"], True, 2, ""),
-            ("Export p99 at half max rate" + (f" ({DIAG_LIMIT_MIB} MiB limit: the bench config "
-                                              "stalled)" if R["stalled"] else ""),
+            ("Export p99 at half max rate" + (f" ({DIAG_LIMIT_MIB} MiB limit)"
+                                              if R.get("full_diag") else ""),
              statistics.median(
                 r["result"]["latency_ms"]["p99"] for r in R["latency"]),
              TARGETS["latency_p99_ms"], False, 2, " ms"),

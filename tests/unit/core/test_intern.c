@@ -98,10 +98,22 @@ static void test_the_agentmeter_keys_are_interned(void **state)
     (void)state;
     /* A few of each group ARCHITECTURE.md §5 and §6 name. */
     static const char *const keys[] = {
-        "gen_ai.provider.name", "gen_ai.request.model", "gen_ai.response.model",
-        "gen_ai.operation.name", "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens",
-        "llm.token_count.prompt", "session.id", "user.id", "tenant.id", "gen_ai.tool.name",
-        "cost.self", "cost.subtree", "cost.status", "cost.price_id", "gen_ai.usage.cost.amount",
+        "gen_ai.provider.name",
+        "gen_ai.request.model",
+        "gen_ai.response.model",
+        "gen_ai.operation.name",
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.output_tokens",
+        "llm.token_count.prompt",
+        "session.id",
+        "user.id",
+        "tenant.id",
+        "gen_ai.tool.name",
+        "cost.self",
+        "cost.subtree",
+        "cost.status",
+        "cost.price_id",
+        "gen_ai.usage.cost.amount",
     };
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
         const char *interned = am_intern(keys[i], strlen(keys[i]));
