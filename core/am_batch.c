@@ -501,6 +501,9 @@ am_batch_t *am_batch_clone(am_batch_t *batch)
             memcpy(dst->roots, src->roots, src->n_roots * sizeof(uint32_t));
             for (uint32_t i = 0; i < src->n_spans; i++) {
                 dst->spans[i] = src->spans[i];
+                /* the known-key set describes the original's arrays, whose
+                 * addresses may be reused once the original is freed */
+                dst->spans[i].known = (am_attr_known_t){0};
                 dst->spans[i].span = map_get(&map, src->spans[i].span);
                 dst->spans[i].resource = map_get(&map, src->spans[i].resource);
                 dst->spans[i].scope = map_get(&map, src->spans[i].scope);
