@@ -229,39 +229,19 @@ static bool known_may_have(am_pb_keyvalue_t *const *attrs, size_t n, int id)
  * needed), else NULL: scan. */
 static attr_ix_t *index_for(am_pb_keyvalue_t *const *attrs, size_t n)
 {
-    if (!scope.active || attrs == NULL || n < IX_MIN_ATTRS || n > IX_MAX_ATTRS) {
+    if (n < IX_MIN_ATTRS || n > IX_MAX_ATTRS) {
         return NULL;
     }
-    for (int i = 0; i < 3; i++) {
-        am_pb_keyvalue_t *const *a;
-        size_t an;
-        if (i < 2) {
-            if (scope.span[i] == NULL) {
-                continue;
-            }
-            a = scope.span[i]->attributes;
-            an = scope.span[i]->n_attributes;
-        } else {
-            if (scope.resource == NULL) {
-                continue;
-            }
-            a = scope.resource->attributes;
-            an = scope.resource->n_attributes;
+    attr_ix_t *ix = scope_slot(attrs, n);
+    if (ix != NULL && (ix->attrs != attrs || ix->n != n)) {
+        /* a scan is cheaper than building for one or two lookups */
+        if (ix->lookups < IX_LAZY) {
+            ix->lookups++;
+            return NULL;
         }
-        if (a == attrs && an == n) {
-            attr_ix_t *ix = &scope.ix[i];
-            if (ix->attrs != attrs || ix->n != n) {
-                /* a scan is cheaper than building for one or two lookups */
-                if (ix->lookups < IX_LAZY) {
-                    ix->lookups++;
-                    return NULL;
-                }
-                ix_build(ix, attrs, n);
-            }
-            return ix;
-        }
+        ix_build(ix, attrs, n);
     }
-    return NULL;
+    return ix;
 }
 
 static void scope_reset(void)

@@ -287,8 +287,8 @@ int am_batch_build_otlp_view(am_batch_t *batch)
             }
             am_pb_resource_spans_t *rs = resources.values[rslot];
             /* Find the group for (rs, scope) among rs's groups. */
-            const void *skey = ref->scope != NULL ? (const void *)ref->scope
-                                                  : (const void *)&null_key_scope;
+            const void *skey =
+                ref->scope != NULL ? (const void *)ref->scope : (const void *)&null_key_scope;
             size_t sslot = ptr_map_slot(&scopes, skey);
             group_t *group = NULL;
             if (scopes.keys[sslot] != NULL) {
@@ -354,8 +354,8 @@ int am_batch_build_otlp_view(am_batch_t *batch)
             const void *rkey = ref->resource != NULL ? (const void *)ref->resource
                                                      : (const void *)&null_key_resource;
             am_pb_resource_spans_t *rs = resources.values[ptr_map_slot(&resources, rkey)];
-            const void *skey = ref->scope != NULL ? (const void *)ref->scope
-                                                  : (const void *)&null_key_scope;
+            const void *skey =
+                ref->scope != NULL ? (const void *)ref->scope : (const void *)&null_key_scope;
             group_t *g = scopes.values[ptr_map_slot(&scopes, skey)];
             while (g->rs != rs) {
                 g = g->next_in_resource;
@@ -420,15 +420,17 @@ am_batch_t *am_batch_clone(am_batch_t *batch)
     uint8_t *packed = NULL;
     ptr_map_t map = {0};
     if (batch->traces != NULL) {
-        size_t size = opentelemetry__proto__collector__trace__v1__export_trace_service_request__get_packed_size(
-            batch->traces);
+        size_t size =
+            opentelemetry__proto__collector__trace__v1__export_trace_service_request__get_packed_size(
+                batch->traces);
         packed = am_malloc(size > 0 ? size : 1);
         if (packed == NULL) {
             goto fail;
         }
-        opentelemetry__proto__collector__trace__v1__export_trace_service_request__pack(batch->traces,
-                                                                                      packed);
-        am_arena_t *arena = am_arena_new(size * 2 + 4096);
+        opentelemetry__proto__collector__trace__v1__export_trace_service_request__pack(
+            batch->traces, packed);
+        /* the decoder takes one block of its own (core/am_arena.c) */
+        am_arena_t *arena = am_arena_new(4096);
         if (arena == NULL) {
             goto fail;
         }
@@ -448,6 +450,7 @@ am_batch_t *am_batch_clone(am_batch_t *batch)
             copy->traces =
                 opentelemetry__proto__collector__trace__v1__export_trace_service_request__unpack(
                     &alloc, size, packed);
+            am_attr_intern_keys(copy->traces); /* protobuf-c copied every key */
         }
         if (copy->traces == NULL) {
             goto fail;

@@ -276,32 +276,8 @@ static const uint8_t *trace_ids_at(const trace_ids_t *t, size_t i)
     return i == 0 ? t->first : t->more[i - 1];
 }
 
-static bool hex_to_id(const char *hex, uint8_t id[16])
+static void trace_ids_add(trace_ids_t *t, const uint8_t id[16])
 {
-    for (size_t i = 0; i < 16; i++) {
-        unsigned v = 0;
-        for (size_t k = 0; k < 2; k++) {
-            char c = hex[2 * i + k];
-            unsigned d = c >= '0' && c <= '9'   ? (unsigned)(c - '0')
-                         : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10)
-                         : c >= 'A' && c <= 'F' ? (unsigned)(c - 'A' + 10)
-                                                : 16u;
-            if (d == 16) {
-                return false;
-            }
-            v = v * 16 + d;
-        }
-        id[i] = (uint8_t)v;
-    }
-    return hex[32] == '\0';
-}
-
-static void trace_ids_add(trace_ids_t *t, const char *hex)
-{
-    uint8_t id[16];
-    if (!hex_to_id(hex, id)) {
-        return;
-    }
     for (size_t i = 0; i < t->n; i++) {
         if (memcmp(trace_ids_at(t, i), id, 16) == 0) {
             return;
@@ -559,7 +535,7 @@ static json_object *loop_evidence(const char *tool, uint64_t args_hash, int64_t 
 typedef struct loop_msg {
     anomaly_inst_t *target;
     char *session;
-    char trace_id[33];
+    uint8_t trace_id[16];
     loop_entry_t *entries;
     size_t n_entries;
 } loop_msg_t;
@@ -690,7 +666,7 @@ static void check_loops(anomaly_inst_t *inst, am_batch_t *batch, am_trace_t *tra
         for (size_t j = 0; j < n; j++) {
             if (entries[j].count > inst->cfg->loops.max_repeats) {
                 trace_ids_t ids = {.n = 0};
-                trace_ids_add(&ids, trace_hex);
+                trace_ids_add(&ids, trace->trace_id);
                 add_anomaly_event(inst, batch, "loop", "trace", trace_hex,
                                   loop_evidence(entries[j].tool, entries[j].hash, entries[j].count,
                                                 1, inst->cfg->loops.max_repeats),
@@ -718,7 +694,7 @@ static void check_loops(anomaly_inst_t *inst, am_batch_t *batch, am_trace_t *tra
     msg->target = g->insts[owner];
     msg->entries = entries;
     msg->n_entries = n;
-    snprintf(msg->trace_id, sizeof(msg->trace_id), "%s", trace_hex);
+    memcpy(msg->trace_id, trace->trace_id, sizeof(msg->trace_id));
     if (msg->target == inst) {
         loop_run(msg);
     } else {
@@ -732,7 +708,7 @@ typedef struct burn_msg {
     anomaly_inst_t *target;
     char *key;
     am_money_t amount;
-    char trace_id[33];
+    uint8_t trace_id[16];
 } burn_msg_t;
 
 static bool burn_condition(const burn_cfg_t *cfg, const burn_t *b, am_money_t cost)
@@ -820,7 +796,7 @@ static void burn_run(void *arg)
     am_free(msg);
 }
 
-static void check_burn(anomaly_inst_t *inst, am_trace_t *trace, const char *trace_hex)
+static void check_burn(anomaly_inst_t *inst, am_trace_t *trace)
 {
     const char *keys[8];
     am_money_t amounts[8];
@@ -863,7 +839,7 @@ static void check_burn(anomaly_inst_t *inst, am_trace_t *trace, const char *trac
         }
         msg->target = g->insts[owner];
         msg->amount = amounts[k];
-        snprintf(msg->trace_id, sizeof(msg->trace_id), "%s", trace_hex);
+        memcpy(msg->trace_id, trace->trace_id, sizeof(msg->trace_id));
         if (msg->target == inst) {
             burn_run(msg);
         } else {
@@ -884,7 +860,7 @@ static am_status_t anomaly_consume(void *instance, am_batch_t *batch)
             check_loops(inst, batch, trace, trace_hex, now);
         }
         if (inst->cfg->burn_rate.factor > 0 && inst->cfg->burn_rate.scope != NULL) {
-            check_burn(inst, trace, trace_hex);
+            check_burn(inst, trace);
         }
     }
     return inst->next != NULL ? am_consume(inst->next, batch) : AM_OK;

@@ -50,7 +50,6 @@ typedef struct limiter {
     uv_loop_t *loop;
     uv_timer_t timer;
     bool timer_open;
-    _Atomic int64_t rss_bytes;
     _Atomic int64_t floor_bytes; /* RSS - data in flight at the last check */
     bool was_over;               /* main loop only */
     bool floor_was_high;         /* main loop only */
@@ -99,7 +98,6 @@ static bool over_limit(limiter_t *lim)
 static void update_floor(limiter_t *lim, int64_t rss)
 {
     int64_t in_flight = (int64_t)am_memory_in_flight();
-    atomic_store(&lim->rss_bytes, rss);
     atomic_store(&lim->floor_bytes, rss > in_flight ? rss - in_flight : 0);
 }
 

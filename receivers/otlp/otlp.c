@@ -369,7 +369,9 @@ void am__otlp_export(am__otlp_receiver_t *rcv, int transport, am__otlp_format_t 
     size_t rejected =
         am__otlp_drop_invalid_spans(req, reply->partial_message, sizeof(reply->partial_message));
     reply->rejected_spans = (int64_t)rejected;
-    am_attr_intern_keys(req); /* a no-op for keys the protobuf decoder interned */
+    if (format == AM__OTLP_JSON) {
+        am_attr_intern_keys(req); /* the protobuf decoders intern keys themselves */
+    }
     if (rejected > 0) {
         am_counter_add(rcv->refused[transport], rejected);
     }

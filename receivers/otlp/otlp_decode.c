@@ -29,6 +29,7 @@
 #include <zlib.h>
 #include <zstd.h>
 
+#include "am_attr.h"
 #include "am_otlp_unpack.h"
 #include "otlp_internal.h"
 
@@ -643,6 +644,7 @@ int am__otlp_decode_proto(am_arena_t *arena, const uint8_t *buf, size_t len,
     if (rc != 0) {
         return rc;
     }
+    am_attr_intern_keys(req); /* protobuf-c copied every key */
     *out = req;
     return 0;
 }
